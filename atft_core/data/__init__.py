@@ -1,0 +1,1 @@
+"""Market data: the canonical daily-quotes schema, the parquet store, ingest, synthetic market."""
