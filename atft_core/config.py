@@ -230,7 +230,8 @@ class MetricsConfig(_Section):
 
 
 class Config(_Section):
-    run_root: str = "var/runs"
+    run_root: str = "var/runs"  # one directory per training run (checkpoints, metrics, report)
+    work_root: str = "var/work"  # per-DAG-run intermediates, keyed by dag_id and data interval
     data: DataConfig = DataConfig()
     validation: ValidationConfig = ValidationConfig()
     features: FeatureConfig = FeatureConfig()
