@@ -1,0 +1,87 @@
+"""Typed config: YAML + dotted overrides; unknown keys and wrong types name the key."""
+
+import pytest
+
+from atft_core.cli import main
+from atft_core.config import (
+    CONFIG_DIR,
+    ConfigError,
+    apply_overrides,
+    config_from_yaml_text,
+    load_config,
+)
+
+
+def test_every_shipped_config_loads():
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    assert {"default", "demo", "test"} <= set(names)
+    for n in names:
+        cfg = load_config(n)
+        assert cfg.horizons == (1, 5, 10, 20)
+        assert len(cfg.train.phases) == 4
+
+
+def test_default_phases_follow_spec_table():
+    cfg = load_config("default")
+    p = cfg.train.phases
+    assert [ph.name for ph in p] == ["baseline", "graph", "frequency", "finetune"]
+    assert [(ph.blocks.gat, ph.blocks.fan) for ph in p] == [(False, False), (True, False), (True, True), (True, True)]
+    assert [ph.weights.mse for ph in p] == [1.0, 0.8, 0.6, 0.4]
+    assert [ph.weights.rankic for ph in p] == [0.0, 0.1, 0.2, 0.3]
+    assert p[3].lr_scale < 1.0
+    assert cfg.train.scheduler.monitor == "val/rank_ic_5d"
+    assert cfg.purge_days == 21  # 1 + max horizon
+
+
+def test_dotted_overrides_typed():
+    cfg = load_config("demo", ["train.optimizer.lr=1e-4", "model.hidden_size=32",
+                               "train.phases.2.epochs=3", "features.horizons=[1,5]",
+                               "data.source=/tmp/x.parquet", "gate.min_sharpe=0.25"])
+    assert cfg.train.optimizer.lr == pytest.approx(1e-4)
+    assert cfg.model.hidden_size == 32 and cfg.train.phases[2].epochs == 3
+    assert cfg.features.horizons == (1, 5) and cfg.data.source == "/tmp/x.parquet"
+    assert cfg.gate.min_sharpe == 0.25
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.optimizer.lrr=1", "train.optimizer.lrr: unknown key"),
+        ("trian.seed=1", "trian: unknown key"),
+        ("model.hidden_size=abc", "model.hidden_size"),
+        ("model.hidden_size=4", "model.hidden_size"),
+        ("train.phases.9.epochs=1", "train.phases.9: no such list index"),
+        ("features.horizons=[5,1]", "features.horizons"),
+        ("noequals", "not of the form"),
+        ("train.precision=fp8", "train.precision"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config("default", [override])
+    assert needle in str(err.value)
+
+
+def test_yaml_unknown_key_and_roundtrip(tmp_path):
+    cfg = load_config("test")
+    again = config_from_yaml_text(cfg.to_yaml())
+    assert again == cfg and again.sha256() == cfg.sha256()
+    assert apply_overrides(cfg, ["train.seed=5"]).sha256() != cfg.sha256()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  hidden_sise: 12\n")
+    with pytest.raises(ConfigError, match="model.hidden_sise: unknown key"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="unknown config 'nope'"):
+        load_config("nope")
+
+
+def test_horizon_weights_must_cover_horizons():
+    with pytest.raises(ConfigError, match="horizon_weights has no weight for horizons \\[3\\]"):
+        load_config("default", ["features.horizons=[1,3]"])
+
+
+def test_cli_reports_config_errors(capsys):
+    assert main(["config", "model.nope=1"]) == 2
+    assert "model.nope: unknown key" in capsys.readouterr().err
+    assert main(["config", "--config", "test", "train.seed=4"]) == 0
+    assert "seed: 4" in capsys.readouterr().out
