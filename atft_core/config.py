@@ -107,8 +107,10 @@ class GraphConfig(_Section):
 # --------------------------------------------------------------------------- model
 class ModelConfig(_Section):
     hidden_size: int = Field(256, ge=8, le=2048)
-    vsn_hidden: int = Field(64, ge=4)
-    lstm_layers: int = Field(1, ge=1, le=4)
+    vsn_hidden: int = Field(64, ge=4, description="hidden width of the VSN selection GRN")
+    vsn_feature_dim: int = Field(32, ge=2, le=256, description="per-feature embedding width (shared GRN)")
+    ffn_mult: int = Field(4, ge=1, le=8, description="temporal feed-forward GRN width = ffn_mult * hidden")
+    lstm_layers: int = Field(2, ge=1, le=4)
     attn_heads: int = Field(4, ge=1, le=32)
     gat_heads: int = Field(4, ge=1, le=32)
     gat_layers: int = Field(2, ge=1, le=4)

@@ -1,0 +1,58 @@
+"""Temporal fusion: LSTM encoder + causal multi-head self-attention (TFT decoder style)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from atft_core.model.grn import GLU, GRN
+
+
+class TemporalFusion(nn.Module):
+    """LSTM -> gated skip + LayerNorm -> causal self-attention -> gated skip + LayerNorm -> GRN.
+
+    Each sub-layer is ``LayerNorm(x + GLU(Dropout(sublayer(x))))``. Attention is causal: step t
+    attends to steps <= t only, so the embedding never depends on a later step than the one it
+    summarises. With ``last_only=True`` (the model's path) only the last step is used as the
+    attention query and fed through the feed-forward GRN; this is exactly the last row of the full
+    causal computation at 1/L of the attention and GRN cost.
+
+    Args:
+        d_model: hidden size H.
+        n_heads: attention heads (must divide H).
+        lstm_layers: stacked LSTM layers.
+        ffn_mult: the feed-forward GRN's hidden width is ``ffn_mult * H``.
+        dropout: dropout rate.
+
+    Shapes:
+        v: (N, L, H) -> (N, H) with ``last_only`` else (N, L, H)
+    """
+
+    def __init__(self, d_model: int, n_heads: int, lstm_layers: int, ffn_mult: int, dropout: float) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"hidden_size {d_model} is not divisible by attn_heads {n_heads}")
+        self.lstm = nn.LSTM(d_model, d_model, num_layers=lstm_layers, batch_first=True,
+                            dropout=dropout if lstm_layers > 1 else 0.0)
+        self.lstm_gate = GLU(d_model, d_model)
+        self.lstm_norm = nn.LayerNorm(d_model)
+        self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.attn_gate = GLU(d_model, d_model)
+        self.attn_norm = nn.LayerNorm(d_model)
+        self.ffn = GRN(d_model, ffn_mult * d_model, d_model, dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.use_attention = True
+
+    def forward(self, v: Tensor, last_only: bool = True) -> Tensor:
+        h, _ = self.lstm(v)  # (N, L, H)
+        u = self.lstm_norm(v + self.lstm_gate(self.dropout(h)))  # (N, L, H)
+        q = u[:, -1:] if last_only else u  # (N, Lq, H)
+        if self.use_attention:
+            length = u.shape[1]
+            causal = None
+            if not last_only:  # the last query may see every step anyway
+                causal = torch.ones(length, length, dtype=torch.bool, device=u.device).triu(1)
+            a, _ = self.attn(q, u, u, attn_mask=causal, need_weights=False)  # (N, Lq, H)
+            q = self.attn_norm(q + self.attn_gate(self.dropout(a)))  # (N, Lq, H)
+        out = self.ffn(q)  # (N, Lq, H)
+        return out[:, -1] if last_only else out
