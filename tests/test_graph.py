@@ -1,0 +1,112 @@
+"""Day graph: correlation vs numpy, edges vs a slow reference, permutation, point in time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from atft_core.config import GraphConfig
+from atft_core.graph import build_day_graph, window_correlation
+
+
+def clustered_returns(n: int = 40, w: int = 60, n_clusters: int = 4, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    cluster = np.arange(n) % n_clusters
+    f = rng.normal(size=(n_clusters, w))
+    load = rng.uniform(0.3, 1.5, n)
+    return load[:, None] * f[cluster] + rng.normal(size=(n, w))
+
+
+def reference_edges(r: np.ndarray, sectors: np.ndarray, cfg: GraphConfig) -> dict[tuple[int, int], tuple[float, float]]:
+    """Slow obvious version: per node, loop over partners, sort by |rho|."""
+    n = len(r)
+    rho = np.corrcoef(r)
+    directed = set()
+    for i in range(n):
+        partners = sorted((j for j in range(n) if j != i), key=lambda j: -abs(rho[i, j]))
+        for j in partners[: cfg.k]:
+            if abs(rho[i, j]) >= cfg.min_abs_corr:
+                directed.add((i, j))
+        if cfg.sector_edges and sectors[i] >= 0:
+            same = [j for j in partners if sectors[j] == sectors[i]]
+            for j in same[: cfg.max_sector_neighbours]:
+                directed.add((i, j))
+    und = directed | {(j, i) for i, j in directed}
+    return {(i, j): (rho[i, j], float(sectors[i] == sectors[j] and sectors[i] >= 0)) for i, j in und}
+
+
+def as_dict(ei: torch.Tensor, ea: torch.Tensor) -> dict[tuple[int, int], tuple[float, float]]:
+    return {(int(a), int(b)): (float(x), float(s)) for (a, b), (x, s) in zip(ei.T.tolist(), ea.tolist())}
+
+
+def test_correlation_equals_numpy():
+    r = clustered_returns()
+    rho = window_correlation(torch.from_numpy(r), min_obs=10).numpy()
+    ref = np.corrcoef(r)
+    np.fill_diagonal(ref, 0)
+    np.testing.assert_allclose(rho, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("k,thr,m", [(5, 0.3, 3), (10, 0.0, 10), (3, 0.6, 0)])
+def test_edges_equal_slow_reference(k, thr, m):
+    cfg = GraphConfig(k=k, min_abs_corr=thr, max_sector_neighbours=m, sector_edges=m > 0)
+    r = clustered_returns(seed=k)
+    sectors = np.arange(len(r)) % 5
+    sectors[::9] = -1  # unknown sectors get no sector edges
+    ei, ea = build_day_graph(torch.from_numpy(r), torch.from_numpy(sectors), cfg)
+    got, ref = as_dict(ei, ea), reference_edges(r, sectors, cfg)
+    assert got.keys() == ref.keys()
+    for key, (rho, same) in ref.items():
+        assert got[key][0] == pytest.approx(rho, abs=1e-5)
+        assert got[key][1] == same
+    # structural invariants
+    assert ei.dtype == torch.int64 and ea.dtype == torch.float32
+    assert not bool((ei[0] == ei[1]).any()), "self loop"
+    assert len(got) == ei.shape[1], "duplicate edges"
+
+
+def test_knn_finds_the_planted_clusters():
+    r = clustered_returns(n=60, seed=2)
+    cluster = np.arange(60) % 4
+    cfg = GraphConfig(k=5, min_abs_corr=0.2, sector_edges=False)
+    ei, _ = build_day_graph(torch.from_numpy(r), torch.full((60,), -1), cfg)
+    same = cluster[ei[0].numpy()] == cluster[ei[1].numpy()]
+    assert same.mean() > 0.85  # random edges would give ~0.25
+
+
+def test_permuting_stocks_permutes_the_graph():
+    r = clustered_returns(seed=4)
+    sectors = np.arange(len(r)) % 6
+    cfg = GraphConfig(k=6, min_abs_corr=0.25, max_sector_neighbours=4)
+    ei, ea = build_day_graph(torch.from_numpy(r), torch.from_numpy(sectors), cfg)
+    perm = np.random.default_rng(0).permutation(len(r))  # new node i = old node perm[i]
+    ei2, ea2 = build_day_graph(torch.from_numpy(r[perm]), torch.from_numpy(sectors[perm]), cfg)
+    mapped = {(int(perm[a]), int(perm[b])): v for (a, b), v in as_dict(ei2, ea2).items()}
+    base = as_dict(ei, ea)
+    assert mapped.keys() == base.keys()
+    for key in base:
+        assert mapped[key] == pytest.approx(base[key], abs=1e-6)
+
+
+def test_nan_safe_short_history():
+    r = clustered_returns(n=20, w=60)
+    r[3, :50] = np.nan  # listed 10 days ago: < half the window
+    r[4, ::7] = np.nan  # a few gaps
+    sectors = np.zeros(20, dtype=np.int64)
+    cfg = GraphConfig(k=4, min_abs_corr=0.1, max_sector_neighbours=2)
+    ei, ea = build_day_graph(torch.from_numpy(r), torch.from_numpy(sectors), cfg)
+    assert torch.isfinite(ea).all()
+    rows = ea[(ei[0] == 3)]
+    assert len(rows) > 0 and bool((rows[:, 0] == 0).all()) and bool((rows[:, 1] == 1).all())
+    rho = window_correlation(torch.from_numpy(r), min_obs=30)
+    ok = np.isfinite(r[4]) & np.isfinite(r[5])
+    assert float(rho[4, 5]) == pytest.approx(np.corrcoef(r[4, ok], r[5, ok])[0, 1], abs=0.1)
+
+
+def test_tiny_days():
+    cfg = GraphConfig()
+    ei, ea = build_day_graph(torch.randn(1, 60), torch.zeros(1, dtype=torch.int64), cfg)
+    assert ei.shape == (2, 0) and ea.shape == (0, 2)
+    ei, ea = build_day_graph(torch.randn(2, 60), torch.zeros(2, dtype=torch.int64), cfg)
+    assert sorted(map(tuple, ei.T.tolist())) == [(0, 1), (1, 0)]
