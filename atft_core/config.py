@@ -62,11 +62,18 @@ class DataConfig(_Section):
 
 
 class ValidationConfig(_Section):
+    """Great Expectations checks on raw quotes (atft_core.validation, suite include/gx/)."""
+
     max_abs_daily_return: float = Field(0.5, gt=0.0, description="|close/prev_close-1| above = bad tick")
     max_bad_tick_fraction: float = Field(0.001, ge=0.0, le=1.0, description="fatal above this")
     min_daily_coverage: float = Field(0.8, ge=0.0, le=1.0, description="codes per day / median")
     require_fresh: bool = True
     min_rows: int = Field(1, ge=1)
+    # Adjusted OHLC from real sources has float noise (Close above High by 1e-13) and rare real
+    # inconsistencies (zero-volume days whose Close differs from a flat O=H=L).
+    ohlc_tolerance: float = Field(1e-6, ge=0.0, description="relative slack for Low<=Open,Close<=High")
+    max_ohlc_violation_fraction: float = Field(0.001, ge=0.0, le=1.0, description="fatal above this")
+    docs_dir: str = Field("var/validation/docs", description="Data Docs site (index.html) folder")
 
 
 class FeatureConfig(_Section):
@@ -219,16 +226,25 @@ class GateConfig(_Section):
     paired_alpha: float = Field(0.05, gt=0.0, lt=1.0, description="one-sided paired t-test level")
     min_coverage: float = Field(0.9, ge=0.0, le=1.0)
     min_pred_std: float = Field(1e-6, ge=0.0)
+    min_paired_days: int = Field(5, ge=2, description="fewer common holdout days -> reject")
 
 
 class RegistryConfig(_Section):
-    uri: str = "file://var/registry"
+    uri: str = "file://var/registry"  # or s3://bucket/prefix (SPEC 8)
+    endpoint_url: str | None = None  # None -> AWS_ENDPOINT_URL / aws_default connection / AWS
+    cache_dir: str | None = None  # where load_run copies verified runs (None = system temp)
+    lock_timeout_s: float = Field(30.0, gt=0.0, description="file:// alias lock wait")
+    multipart_threshold_mb: int = Field(8, ge=5, le=5120, description="S3 multipart above this")
 
 
 class MetricsConfig(_Section):
+    # None -> env ATFT_PUSHGATEWAY_URL, then env AIRFLOW_CONN_ATFT_PUSHGATEWAY, then the textfile
     pushgateway_url: str | None = None
     textfile_dir: str = "var/metrics"
-    job: str = "atft"
+    job: str = Field("atft", min_length=1)
+    push_timeout_seconds: float = Field(5.0, gt=0.0, le=120.0)
+    retry_after_seconds: float = Field(60.0, ge=0.0, description="skip a failed gateway this long")
+    stale_after_trading_days: int = Field(2, ge=1, le=20, description="retrain-stale alert deadline")
 
 
 class Config(_Section):
