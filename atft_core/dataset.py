@@ -156,10 +156,11 @@ def normalise_targets(y_raw: np.ndarray, mask: np.ndarray, how: str) -> np.ndarr
         r = rankdata(y, axis=0, nan_policy="omit")  # average ranks, NaN stays NaN
         out = ndtri((r - 0.5) / np.maximum(n, 1))
     elif how == "zscore":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mu = np.nanmean(np.where(n > 0, y, 0.0), axis=0, keepdims=True)
-            sd = np.nanstd(y, axis=0, keepdims=True)
-            out = np.where(sd > 0, (y - mu) / np.where(sd > 0, sd, 1.0), 0.0)
+        y0 = np.nan_to_num(y, nan=0.0)
+        cnt = np.maximum(n, 1)
+        mu = y0.sum(0, keepdims=True) / cnt
+        sd = np.sqrt((np.where(mask, y0 - mu, 0.0) ** 2).sum(0, keepdims=True) / cnt)
+        out = np.where(sd > 0, (y0 - mu) / np.where(sd > 0, sd, 1.0), 0.0)
     else:
         raise ValueError(f"unknown target normalisation {how!r}; use 'rankgauss' or 'zscore'")
     # a single-stock day has no cross-sectional information: its normalised target is 0
