@@ -116,6 +116,7 @@ def test_panel_matches_long_frame(feats, panel):
                 assert np.isnan(float(panel.y_raw[s, t, j])) and float(panel.y[s, t, j]) == 0.0
 
 
+@pytest.mark.slow
 def test_batches_windows_targets_and_masks(panel):
     L = CFG.dataset.lookback
     dl = DayBatchLoader(panel, panel.usable_dates(), CFG, shuffle=False)
