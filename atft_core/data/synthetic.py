@@ -22,8 +22,10 @@ Daily log return of stock i on day s::
   ``signal="own"``: ``D = e`` (the stock's own idiosyncratic shocks) and ``c < 0``: a short-term
   reversal of the 5-day return relative to market/sector/cluster factors.
   ``signal="neighbour"``: ``D[u, i] = sum_{j in cluster(i), j != i, listed} e[u, j] / sqrt(n_j)``
-  (leave-one-out peers' shocks) and ``c > 0``: a lead-lag spill-over that the stock's own history
-  does not reveal; only a graph that finds the cluster peers can use it.
+  (leave-one-out peers' shocks), ``c > 0`` and a short kernel ``k[2] = 1, k[3] = 0.5``
+  (normalised): a lead-lag spill-over from peers two and three days later. By the close of t
+  none of the drivers in the oracle (``D[t]``, ``D[t-1]``) has reached the stock's own price, so
+  the stock's own history does not reveal it; only a graph that finds the cluster peers can.
   ``signal="none"``: ``c = 0``.
   ``c = SIGNAL_GAIN * signal_strength * sd(D)`` in units of the driver's own scale.
 
@@ -102,8 +104,16 @@ class SyntheticMarket:
 
 
 # --------------------------------------------------------------------------- kernels
-def signal_kernel() -> np.ndarray:
-    """k[lag] for lag = 0..(max lag); k[0] = k[1] = 0; unit L2 norm."""
+def signal_kernel(kind: str = "own") -> np.ndarray:
+    """k[lag] for lag = 0..(max lag); k[0] = k[1] = 0; unit L2 norm.
+
+    "own": 5-day driver sums with an effect decaying 0.75/day over 10 days.
+    "neighbour": k[2] = 1, k[3] = 0.5 (normalised): a peer's shock moves the stock two and three
+    days later, so no driver in the oracle has reached the stock's own price by the close of t.
+    """
+    if kind == "neighbour":
+        k = np.array([0.0, 0.0, 1.0, 0.5])
+        return k / np.sqrt((k**2).sum())
     n_lags = 2 + DECAY_DAYS + DRIVER_WINDOW - 1
     k = np.zeros(n_lags)
     for m in range(DECAY_DAYS):
@@ -255,7 +265,7 @@ def generate_market(cfg: SyntheticConfig, horizons: tuple[int, ...] = (1, 5, 10,
     quoted = alive & ~_suspensions(rng, (t_len, n), cfg.missing_rate)
 
     # ---- planted signal
-    k = signal_kernel()
+    k = signal_kernel(cfg.signal)
     if cfg.signal == "none" or cfg.signal_strength == 0.0:
         driver, c = None, 0.0
     elif cfg.signal == "own":
