@@ -1,0 +1,32 @@
+"""Model registry (SPEC 8): immutable published runs, a CAS-moved ``champion`` alias, verified
+loading. ``file://`` and ``s3://`` backends with the same semantics."""
+
+from atft_core.registry.errors import (
+    AliasConflictError,
+    AlreadyExistsError,
+    IntegrityError,
+    InvalidNameError,
+    NotFoundError,
+    PreconditionError,
+    PublishError,
+    RegistryError,
+)
+from atft_core.registry.registry import (
+    ANY,
+    AliasRecord,
+    LoadedRun,
+    Manifest,
+    PublishResult,
+    Registry,
+    RunFile,
+    RunSummary,
+    code_version,
+)
+from atft_core.registry.store import FileStore, S3Store, open_store, resolve_s3_settings
+
+__all__ = [
+    "ANY", "AliasConflictError", "AliasRecord", "AlreadyExistsError", "FileStore",
+    "IntegrityError", "InvalidNameError", "LoadedRun", "Manifest", "NotFoundError",
+    "PreconditionError", "PublishError", "PublishResult", "Registry", "RegistryError", "RunFile",
+    "RunSummary", "S3Store", "code_version", "open_store", "resolve_s3_settings",
+]
