@@ -78,6 +78,8 @@ def atft_hpo():
         return pipeline.hpo_summarise(task_ctx(context), study, list(trials))
 
     study = create_study()
+    # a mapped task does not take its docstring as doc_md by itself
+    run_trial = run_trial.override(doc_md=run_trial.function.__doc__)
     trials = run_trial.partial(study=study).expand(trial_index=plan_trials(study))
     summarise(study, trials)
 

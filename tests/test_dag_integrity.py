@@ -1,0 +1,456 @@
+"""DAG integrity: parsing (errors, time, no heavy imports), policies, graph shape, Params,
+the plugins (listener, context helper) and one end-to-end ``dag.test()`` of the wiring.
+
+Parsing and ``dag.test()`` run in subprocesses so ``sys.modules`` and Airflow's config start
+clean; the structure tests use an in-process DagBag plus a serialization round trip (what the
+scheduler and API server see, including Param validation on trigger).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DAG_IDS = {"atft_retrain", "atft_hpo", "atft_rollback"}
+HEAVY = ("torch", "great_expectations", "torch_geometric", "polars")
+
+
+def airflow_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    })
+    env.pop("ATFT_PUSHGATEWAY_URL", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def af_env(tmp_path_factory):
+    """Airflow env for this module's in-process parts (tmp AIRFLOW_HOME, repo dags/plugins)."""
+    home = tmp_path_factory.mktemp("airflow_home")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in airflow_env(home).items():
+            if k.startswith("AIRFLOW"):
+                mp.setenv(k, v)
+        mp.syspath_prepend(str(REPO / "plugins"))
+        yield home
+
+
+# --------------------------------------------------------------------------- parsing (subprocess)
+PARSE_SCRIPT = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from airflow.dag_processing.dagbag import DagBag
+t_airflow = time.perf_counter() - t0
+bag = DagBag(dag_folder=sys.argv[1])
+from airflow.serialization.serialized_objects import DagSerialization
+ser = {}
+for dag_id, dag in bag.dags.items():
+    s = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    ser[dag_id] = {"timetable": type(s.timetable).__name__, "summary": s.timetable.summary,
+                   "tt": s.timetable.serialize() if hasattr(s.timetable, "serialize") else None}
+from airflow.sdk.listener import get_listener_manager
+lm = get_listener_manager()
+print("PARSE_RESULT " + json.dumps({
+    "errors": {k: str(v) for k, v in bag.import_errors.items()},
+    "dags": sorted(bag.dags),
+    "file_seconds": {Path(s.file).name if False else s.file: s.duration.total_seconds() for s in bag.dagbag_stats},
+    "airflow_import_seconds": t_airflow,
+    "heavy": [m for m in sys.argv[2].split(",") if m in sys.modules],
+    "serialized": ser,
+    "listeners": [getattr(p, "__name__", str(p)) for p in lm.pm.get_plugins()],
+}))
+""".replace("Path(s.file).name if False else ", "")
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory):
+    home = tmp_path_factory.mktemp("airflow_parse")
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE_SCRIPT, str(REPO / "dags"), ",".join(HEAVY)],
+        env=airflow_env(home), capture_output=True, text=True, timeout=300, cwd=REPO)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PARSE_RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1].removeprefix("PARSE_RESULT "))
+
+
+@pytest.mark.slow  # a fresh interpreter importing Airflow
+def test_dagbag_parses_every_dag_without_import_errors(parsed):
+    assert parsed["errors"] == {}
+    assert set(parsed["dags"]) == DAG_IDS
+    for name, seconds in sorted(parsed["file_seconds"].items()):
+        print(f"parse time {name}: {seconds * 1000:.1f} ms")  # figures for the report (-s)
+    print(f"airflow import: {parsed['airflow_import_seconds']:.2f} s")
+    assert set(parsed["file_seconds"]) == {f"{d}.py" for d in DAG_IDS}
+
+
+@pytest.mark.slow  # a fresh interpreter importing Airflow
+def test_no_heavy_library_is_imported_at_parse_time(parsed):
+    # torch/GX/PyG/polars at module level would cost ~12 s per parse (SPEC 10)
+    assert parsed["heavy"] == []
+
+
+@pytest.mark.slow  # a fresh interpreter importing Airflow
+def test_dags_survive_serialization_with_the_registered_timetable(parsed):
+    s = parsed["serialized"]
+    assert s["atft_retrain"]["timetable"] == "JPXTradingDayTimetable"
+    assert s["atft_retrain"]["tt"] == {"at": "18:00"}
+    assert s["atft_retrain"]["summary"] == "JPX trading days 18:00 JST"
+    assert s["atft_hpo"]["timetable"] == "CronTriggerTimetable"
+    assert s["atft_rollback"]["timetable"] == "NullTimetable"
+
+
+@pytest.mark.slow  # a fresh interpreter importing Airflow
+def test_metrics_listener_plugin_is_registered(parsed):
+    assert "atft_metrics_listener" in parsed["listeners"]
+
+
+@pytest.mark.slow  # a fresh interpreter importing Airflow
+def test_heavy_import_detector_is_not_blind(tmp_path):
+    """The check above would fail for a DAG file importing polars at module level."""
+    bad = tmp_path / "dags"
+    bad.mkdir()
+    (bad / "heavy_dag.py").write_text(
+        "import polars\nfrom airflow.sdk import dag, task\n"
+        "@dag(schedule=None)\ndef heavy():\n    @task\n    def t():\n        pass\n    t()\nheavy()\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", PARSE_SCRIPT, str(bad), ",".join(HEAVY)],
+        env=airflow_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=REPO)
+    out = json.loads([ln for ln in proc.stdout.splitlines()
+                      if ln.startswith("PARSE_RESULT ")][-1].removeprefix("PARSE_RESULT "))
+    assert "polars" in out["heavy"]
+
+
+# --------------------------------------------------------------------------- structure (in-process)
+@pytest.fixture(scope="module")
+def bag(af_env):
+    from airflow.dag_processing.dagbag import DagBag
+
+    b = DagBag(dag_folder=str(REPO / "dags"))
+    assert b.import_errors == {}
+    return b
+
+
+@pytest.fixture(scope="module")
+def serialized(bag):
+    """The scheduler/API-server view of each DAG (validates trigger confs against Params)."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return {k: DagSerialization.deserialize_dag(DagSerialization.serialize_dag(d))
+            for k, d in bag.dags.items()}
+
+
+def test_policies(bag):
+    for dag_id, dag in bag.dags.items():
+        assert "atft" in dag.tags, dag_id
+        assert dag.max_active_runs == 1, dag_id
+        assert dag.doc_md and dag.doc_md.lstrip().startswith(f"# {dag_id}"), dag_id
+        for t in dag.tasks:
+            assert t.owner == "atft-mlops", (dag_id, t.task_id)
+            assert t.doc_md, (dag_id, t.task_id)
+            if dag_id == "atft_rollback":
+                assert t.retries == 0  # "one step back" is not idempotent: no blind retries
+            else:
+                assert t.retries >= 1, (dag_id, t.task_id)
+    retrain = bag.dags["atft_retrain"]
+    assert retrain.catchup is False
+    assert type(retrain.timetable).__name__ == "JPXTradingDayTimetable"
+    assert type(bag.dags["atft_rollback"].timetable).__name__ == "NullTimetable"  # manual only
+
+
+def test_retrain_task_graph(bag):
+    dag = bag.dags["atft_retrain"]
+    edges = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert edges == {
+        "check_fresh_data": {"validate"},
+        "validate": {"features"},
+        "features": {"train"},
+        "train": {"evaluate", "publish", "metrics"},
+        "evaluate": {"gate", "metrics"},
+        "gate": {"publish", "skip_publish", "metrics"},
+        "publish": {"metrics"},
+        "skip_publish": {"metrics"},
+        "metrics": set(),
+    }
+    train = dag.get_task("train")
+    assert (train.queue, train.pool) == ("gpu", "gpu")
+    assert {t.task_id for t in dag.tasks if t.queue == "gpu"} == {"train"}
+    assert dag.get_task("gate").task_type == "_BranchPythonDecoratedOperator"
+    assert dag.get_task("check_fresh_data").mode == "reschedule"
+    assert str(dag.get_task("metrics").trigger_rule) in ("none_failed_min_one_success",
+                                                          "TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS")
+
+
+def test_hpo_maps_trials_over_one_study(bag, serialized):
+    dag = bag.dags["atft_hpo"]
+    edges = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
+    assert edges == {
+        "create_study": {"plan_trials", "run_trial", "summarise"},
+        "plan_trials": {"run_trial"},
+        "run_trial": {"summarise"},
+        "summarise": set(),
+    }
+    trial = dag.get_task("run_trial")
+    assert type(trial).__name__ == "DecoratedMappedOperator"
+    assert (trial.queue, trial.pool) == ("gpu", "gpu")
+    assert "0 3 * * 6" in serialized["atft_hpo"].timetable.summary and dag.catchup is False
+    assert trial.doc_md.startswith("One Optuna trial")
+
+
+@pytest.mark.parametrize(
+    ("conf", "bad_key"),
+    [
+        ({"lr": -1}, "lr"),
+        ({"lr": 0}, "lr"),
+        ({"lr": "fast"}, "lr"),
+        ({"hidden_size": 3}, "hidden_size"),
+        ({"hidden_size": 4096}, "hidden_size"),
+        ({"hidden_size": 64.5}, "hidden_size"),
+        ({"epochs_per_phase": [1, -1, 1, 1]}, "epochs_per_phase"),
+        ({"epochs_per_phase": 5000}, "epochs_per_phase"),
+        ({"loss_weights": {"bogus": 1.0}}, "loss_weights"),
+        ({"loss_weights": {"rankic": -0.5}}, "loss_weights"),
+        ({"min_rank_ic": 2.0}, "min_rank_ic"),
+        ({"data_start": "2024-02-30"}, "data_start"),
+        ({"config": "../../etc/passwd"}, "config"),
+        ({"force": "yes"}, "force"),
+        ({"overrides": ["not an override"]}, "overrides"),
+    ],
+)
+def test_retrain_params_refuse_bad_values_before_anything_runs(serialized, conf, bad_key):
+    from airflow.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match=f"param {bad_key}"):
+        serialized["atft_retrain"].params.deep_merge(conf).validate()
+
+
+def test_retrain_params_accept_a_full_good_form(serialized):
+    conf = {"config": "demo", "epochs_per_phase": [1, 2, 1, 1], "lr": 1e-3, "hidden_size": 64,
+            "loss_weights": {"rankic": 2.0, "sharpe": None}, "seed": 1, "min_rank_ic": 0.01,
+            "min_sharpe": 0.3, "data_start": "2023-01-04", "data_end": "2024-05-07",
+            "overrides": ["graph.k=20"], "force": True, "actor": "quant@desk"}
+    assert serialized["atft_retrain"].params.deep_merge(conf).validate() == conf | {"data_source": None}
+    defaults = serialized["atft_retrain"].params.deep_merge({}).validate()
+    assert defaults["config"] == "default" and defaults["force"] is False
+
+
+def test_retrain_params_map_onto_the_typed_config(bag):
+    """Every Param the pipeline maps is on the form, and a good form yields the expected Config."""
+    from atft_core import pipeline
+
+    params = bag.dags["atft_retrain"].params
+    assert set(pipeline.PARAM_TO_CONFIG) <= set(params.keys())
+    form = {k: params[k] for k in params} | {"config": "test", "lr": 3e-3, "hidden_size": 32,
+                                              "epochs_per_phase": [2, 0, 1, 3]}
+    cfg = pipeline.task_config({"params": form})
+    assert cfg.train.optimizer.lr == 3e-3 and cfg.model.hidden_size == 32
+    assert [p.epochs for p in cfg.train.phases] == [2, 0, 1, 3]
+
+
+def test_other_dags_params(serialized):
+    from airflow.exceptions import ParamValidationError
+
+    hpo = serialized["atft_hpo"].params
+    assert hpo.deep_merge({}).validate()["n_trials"] == 8
+    for bad in (0, 65, "8"):
+        with pytest.raises(ParamValidationError, match="n_trials"):
+            hpo.deep_merge({"n_trials": bad}).validate()
+    rb = serialized["atft_rollback"].params
+    with pytest.raises(ParamValidationError, match="reason"):
+        rb.deep_merge({}).validate()  # a rollback needs a reason (audit)
+    with pytest.raises(ParamValidationError, match="to_run_id"):
+        rb.deep_merge({"reason": "bad model", "to_run_id": "../x y"}).validate()
+    ok = rb.deep_merge({"reason": "RankIC collapsed", "to_run_id": "20240507-abc-123"}).validate()
+    assert ok["to_run_id"] == "20240507-abc-123"
+
+
+# --------------------------------------------------------------------------- plugins
+def _ti(dag_id="atft_retrain", task_id="train", params=None):
+    def ctx():
+        if params is None:
+            raise RuntimeError("no runtime context (API-server TaskInstance)")
+        return {"params": params}
+
+    return SimpleNamespace(dag_id=dag_id, task_id=task_id, get_template_context=ctx)
+
+
+def test_listener_reports_success_and_failure_to_the_textfile(af_env, tmp_path, monkeypatch):
+    import atft_metrics_listener as listener
+
+    from atft_core.observability import read_textfile_value
+
+    monkeypatch.delenv("ATFT_PUSHGATEWAY_URL", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_ATFT_PUSHGATEWAY", raising=False)
+    params = {"config": "test", "overrides": [f"metrics.textfile_dir={tmp_path}"]}
+    listener.on_task_instance_success(previous_state=None, task_instance=_ti(params=params))
+    files = list(tmp_path.glob("*.prom"))
+    assert len(files) == 1 and "atft_retrain" in files[0].name and "train" in files[0].name
+    assert read_textfile_value(files[0], "atft_task_success") == 1.0
+    listener.on_task_instance_failed(previous_state=None, task_instance=_ti(params=params),
+                                     error=RuntimeError("boom"))
+    assert read_textfile_value(files[0], "atft_task_success") == 0.0
+    assert read_textfile_value(files[0], "atft_task_last_failure_timestamp_seconds") > 1.6e9
+    # other DAGs are not ours to report
+    assert listener.report_task_result(_ti(dag_id="example", params=params), "success") is False
+    assert len(list(tmp_path.glob("*.prom"))) == 1
+
+
+def test_listener_errors_never_reach_the_task(af_env, monkeypatch, caplog):
+    import atft_metrics_listener as listener
+
+    import atft_core.observability as obs
+
+    class Exploding:
+        def __init__(self, *a, **k):
+            raise OSError("disk on fire")
+
+    monkeypatch.setattr(obs, "MetricsPusher", Exploding)
+    assert listener.report_task_result(_ti(params={"config": "test"}), "failed") is False
+    # the hooks swallow it too, and an unparsable config (bad Param) is no exception either
+    assert listener.on_task_instance_failed(previous_state=None, task_instance=_ti(),
+                                            error="x") is None
+    assert listener.on_task_instance_success(
+        previous_state=None, task_instance=_ti(params={"config": "no-such-config"})) is None
+    assert "could not report" in caplog.text
+
+
+def test_task_ctx_uses_the_interval_and_tokyo_trading_day(af_env):
+    import pendulum
+    from atft_airflow_utils import task_ctx
+
+    dag_run = SimpleNamespace(dag_id="atft_retrain", run_id="scheduled__x",
+                              run_after=pendulum.datetime(2024, 5, 7, 9, tz="UTC"))
+    ctx = task_ctx({"dag_run": dag_run, "ti": SimpleNamespace(try_number=2),
+                    "data_interval_start": pendulum.datetime(2024, 5, 2, 9, tz="UTC"),
+                    "data_interval_end": pendulum.datetime(2024, 5, 7, 9, tz="UTC"),
+                    "params": {"lr": 0.01}})
+    assert ctx == {"dag_id": "atft_retrain", "run_id": "scheduled__x",
+                   "data_interval_start": "2024-05-02T09:00:00+00:00",
+                   "data_interval_end": "2024-05-07T09:00:00+00:00",
+                   "as_of": "2024-05-07", "params": {"lr": 0.01}, "try_number": 2}
+    json.dumps(ctx)  # JSON-able
+    # no data interval (Airflow 3 manual run without logical date): JPX interval of run_after
+    dag_run = SimpleNamespace(dag_id="atft_rollback", run_id="manual__y",
+                              run_after=pendulum.datetime(2024, 5, 11, 1, tz="UTC"))  # Sat 10:00 JST
+    ctx = task_ctx({"dag_run": dag_run, "ti": SimpleNamespace(try_number=1),
+                    "data_interval_start": None, "data_interval_end": None, "params": {}})
+    assert ctx["as_of"] == "2024-05-10"
+    assert ctx["data_interval_end"] == "2024-05-10T09:00:00+00:00"
+
+
+def test_retrain_summary(af_env):
+    from atft_airflow_utils import retrain_summary
+
+    trained = {"run_id": "r1", "run_dir": "var/runs/r1"}
+    evaluation = {"candidate": {"rank_ic_1d": 0.04}, "champion": {"rank_ic_1d": 0.03},
+                  "champion_run_id": "r0"}
+    promoted = retrain_summary(trained, evaluation, {"decision": "promote", "reasons": ["ok"]},
+                               {"uri": "s3://b/runs/r1"})
+    assert promoted["champion_run_id"] == "r1" and promoted["published_uri"] == "s3://b/runs/r1"
+    assert promoted["previous_champion_run_id"] == "r0" and promoted["holdout"]["rank_ic_1d"] == 0.04
+    rejected = retrain_summary(trained, evaluation, {"decision": "reject", "reasons": ["low"]}, None)
+    assert rejected["champion_run_id"] == "r0" and rejected["published_uri"] is None
+    assert rejected["reasons"] == ["low"] and rejected["report"] == "var/runs/r1/report.md"
+
+
+# --------------------------------------------------------------------------- dag.test (wiring)
+E2E_SCRIPT = r"""
+import json, os, sys, types
+sys.path.insert(0, os.path.join(sys.argv[1], "plugins"))
+calls = []
+state = {"decision": None}
+
+class DataNotFresh(RuntimeError):
+    pass
+
+def rec(name, result):
+    def f(ctx, *args):
+        calls.append({"fn": name, "ctx": ctx, "args": args})
+        return result(ctx, *args) if callable(result) else result
+    return f
+
+fake = types.ModuleType("atft_core.pipeline")
+fake.DataNotFresh = DataNotFresh
+fake.check_fresh_data = rec("check_fresh_data", {"source": "raw", "rows": 10})
+fake.validate_data = rec("validate_data", {"success": True, "source": "raw"})
+fake.build_features = rec("build_features", {"features_path": "f.parquet"})
+fake.train_candidate = rec("train_candidate", {"run_id": "r1", "run_dir": "runs/r1"})
+fake.evaluate_holdout = rec("evaluate_holdout", {"candidate": {"rank_ic_1d": 0.05},
+                                                 "champion": None, "champion_run_id": "r0"})
+fake.gate = rec("gate", lambda ctx, ev: {"decision": state["decision"], "reasons": ["why"]})
+fake.publish = rec("publish", {"run_id": "r1", "uri": "file://reg/runs/r1"})
+fake.report_metrics = rec("report_metrics", {"ok": True})
+import atft_core
+sys.modules["atft_core.pipeline"] = fake
+atft_core.pipeline = fake
+
+import pendulum
+from airflow.dag_processing.dagbag import DagBag
+dag = DagBag(dag_folder=os.path.join(sys.argv[1], "dags")).dags["atft_retrain"]
+out = {}
+for decision, day in (("promote", 7), ("reject", 8)):
+    state["decision"] = decision
+    del calls[:]
+    dr = dag.test(logical_date=pendulum.datetime(2024, 5, day, 12, tz="UTC"),
+                  run_conf={"config": "test", "lr": 0.001})
+    out[decision] = {"state": str(dr.state), "calls": list(calls),
+                     "tis": {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}}
+print("E2E_RESULT " + json.dumps(out, default=str))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_dag_test_runs_the_retrain_wiring_end_to_end(tmp_path):
+    """Real Airflow (SQLite, dag.test) over a recording stand-in for atft_core.pipeline:
+    ctx contents, XCom hand-offs, both gate branches and the metrics trigger rule."""
+    env = airflow_env(tmp_path)
+    airflow = Path(sys.executable).with_name("airflow")
+    mig = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert mig.returncode == 0, mig.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-c", E2E_SCRIPT, str(REPO)], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("E2E_RESULT ")]
+    assert proc.returncode == 0 and lines, (proc.stdout[-2000:], proc.stderr[-3000:])
+    out = json.loads(lines[-1].removeprefix("E2E_RESULT "))
+
+    promote, reject = out["promote"], out["reject"]
+    assert promote["state"] == reject["state"] == "success"
+    order = ["check_fresh_data", "validate_data", "build_features", "train_candidate",
+             "evaluate_holdout", "gate"]
+    assert [c["fn"] for c in promote["calls"]] == [*order, "publish", "report_metrics"]
+    assert [c["fn"] for c in reject["calls"]] == [*order, "report_metrics"]
+    assert promote["tis"]["skip_publish"] == "skipped" and promote["tis"]["publish"] == "success"
+    assert reject["tis"]["publish"] == "skipped" and reject["tis"]["skip_publish"] == "success"
+    assert reject["tis"]["metrics"] == "success"
+
+    ctx = promote["calls"][0]["ctx"]  # logical date Tue 2024-05-07 21:00 JST
+    assert ctx["as_of"] == "2024-05-07"
+    assert ctx["data_interval_start"] == "2024-05-02T09:00:00+00:00"  # Golden Week closure
+    assert ctx["data_interval_end"] == "2024-05-07T09:00:00+00:00"
+    assert ctx["params"]["lr"] == 0.001 and ctx["params"]["config"] == "test"
+    assert ctx["try_number"] == 1 and ctx["dag_id"] == "atft_retrain"
+    assert reject["calls"][0]["ctx"]["as_of"] == "2024-05-08"
+    # hand-offs: each call gets its upstream's result
+    by_fn = {c["fn"]: c["args"] for c in promote["calls"]}
+    assert by_fn["validate_data"] == [{"source": "raw", "rows": 10}]
+    assert by_fn["train_candidate"] == [{"features_path": "f.parquet"}]
+    assert by_fn["publish"][1] == {"decision": "promote", "reasons": ["why"]}
+    summary = by_fn["report_metrics"][0]
+    assert summary["published_uri"] == "file://reg/runs/r1" and summary["champion_run_id"] == "r1"
+    rsum = {c["fn"]: c["args"] for c in reject["calls"]}["report_metrics"][0]
+    assert rsum["published_uri"] is None and rsum["champion_run_id"] == "r0"
+    assert rsum["decision"] == "reject"
