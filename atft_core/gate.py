@@ -1,0 +1,248 @@
+"""Promotion gate (SPEC 7): decide whether a candidate replaces the champion.
+
+Inputs are evaluation dicts as produced by ``atft_core.evaluate.evaluate_predictions`` on the
+SAME holdout window: ``rank_ic_1d``, ``sharpe_1d``, ``coverage``, ``pred_std_1d``, ``n_days`` and
+``daily = {"date": [...], "rank_ic_1d": [...]}``.
+
+Rules, in this order; the candidate is promoted iff every applicable check passes:
+
+1. ``thresholds``: ``rank_ic_1d >= min_rank_ic`` and ``sharpe_1d >= min_sharpe``.
+2. ``not_worse`` (only with a champion): daily RankIC@1d of both are aligned by date. The two
+   date sets must be identical (same holdout window), without duplicates, with at least
+   ``min_paired_days`` days, else reject. With ``d_t = cand_t - champ_t``:
+   * ``mean_shortfall = -mean(d)``;
+   * one-sided paired t-test ``scipy.stats.ttest_rel(cand, champ, alternative="less")``
+     (H1: the candidate's mean daily RankIC is lower). If every ``d_t`` is equal the t statistic
+     is undefined; then p = 0 if the common difference is negative, else 1.
+   Reject iff ``p_value < paired_alpha`` (significantly worse) OR
+   ``mean_shortfall > tolerance`` (worse by more than the allowed margin, significant or not).
+   So a candidate that is better, or worse by at most ``tolerance`` without statistical
+   evidence, passes.
+3. ``sanity`` (candidate; the champion's daily series too when comparing): the summary numbers
+   are present and finite, ``coverage >= min_coverage``, ``pred_std_1d > min_pred_std``
+   (non-degenerate cross-sectional spread), ``n_days >= 1`` and every daily value finite.
+No champion: rules 1 and 3 only. ``force=True`` (UI) promotes whatever the rules say, needs an
+``actor``, and is recorded (``forced``, ``decision_without_force``, the failed reasons).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from atft_core.config import GateConfig
+
+SUMMARY_KEYS = ("rank_ic_1d", "sharpe_1d", "coverage", "pred_std_1d", "n_days")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """JSON-able record of one gate decision (non-finite numbers are written as null)."""
+
+    decision: str  # "promote" | "reject"
+    decision_without_force: str
+    forced: bool
+    actor: str | None
+    reasons: tuple[str, ...]
+    checks: dict[str, bool | None]  # None = not applicable (no champion)
+    candidate: dict[str, float | None]
+    champion: dict[str, float | None] | None
+    comparison: dict[str, Any] | None
+    thresholds: dict[str, float]
+    decided_at: str
+
+    @property
+    def promote(self) -> bool:
+        return self.decision == "promote"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reasons"] = list(self.reasons)
+        return _json_safe(d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _num(d: Mapping[str, Any], key: str) -> float | None:
+    v = d.get(key)
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _summary(d: Mapping[str, Any]) -> dict[str, float | None]:
+    return {k: _num(d, k) for k in SUMMARY_KEYS}
+
+
+def _sanity(who: str, d: Mapping[str, Any], cfg: GateConfig) -> list[str]:
+    reasons = []
+    nums = _summary(d)
+    for k, v in nums.items():
+        if v is None:
+            reasons.append(f"{who}: {k} missing or not a number")
+        elif not math.isfinite(v):
+            reasons.append(f"{who}: {k} is not finite ({v})")
+    cov, std, n = nums["coverage"], nums["pred_std_1d"], nums["n_days"]
+    if cov is not None and math.isfinite(cov) and cov < cfg.min_coverage:
+        reasons.append(f"{who}: coverage {cov:.4f} < min_coverage {cfg.min_coverage}")
+    if std is not None and math.isfinite(std) and std <= cfg.min_pred_std:
+        reasons.append(f"{who}: degenerate spread, pred_std_1d {std:.3g} <= {cfg.min_pred_std}")
+    if n is not None and math.isfinite(n) and n < 1:
+        reasons.append(f"{who}: n_days {n:g} < 1")
+    return reasons
+
+
+def _daily(who: str, d: Mapping[str, Any]) -> tuple[list[str], np.ndarray | None, list[str]]:
+    """(dates, values, problems) of the daily RankIC@1d series."""
+    daily = d.get("daily")
+    if not isinstance(daily, Mapping) or "date" not in daily or "rank_ic_1d" not in daily:
+        return [], None, [f"{who}: daily.date / daily.rank_ic_1d missing"]
+    dates = [str(x) for x in daily["date"]]
+    try:
+        vals = np.asarray([np.nan if v is None else float(v) for v in daily["rank_ic_1d"]],
+                          dtype=np.float64)
+    except (TypeError, ValueError):
+        return dates, None, [f"{who}: daily.rank_ic_1d is not numeric"]
+    problems = []
+    if len(dates) != len(vals):
+        problems.append(f"{who}: daily has {len(dates)} dates but {len(vals)} rank_ic_1d values")
+    if len(set(dates)) != len(dates):
+        problems.append(f"{who}: daily has duplicate dates")
+    bad = int((~np.isfinite(vals)).sum())
+    if bad:
+        problems.append(f"{who}: {bad} daily rank_ic_1d values are not finite")
+    return dates, vals, problems
+
+
+def _compare(candidate: Mapping[str, Any], champion: Mapping[str, Any],
+             cfg: GateConfig) -> tuple[bool, list[str], dict[str, Any]]:
+    from scipy import stats
+
+    cd, cv, cprob = _daily("candidate", candidate)
+    hd, hv, hprob = _daily("champion", champion)
+    comp: dict[str, Any] = {"n_candidate_days": len(cd), "n_champion_days": len(hd),
+                            "tolerance": cfg.tolerance, "alpha": cfg.paired_alpha,
+                            "test": "scipy.stats.ttest_rel(candidate, champion, alternative='less')"}
+    if cprob or hprob:
+        return False, cprob + hprob, comp
+    assert cv is not None and hv is not None
+    only_c, only_h = sorted(set(cd) - set(hd)), sorted(set(hd) - set(cd))
+    if only_c or only_h:
+        comp.update(only_candidate=only_c[:10], only_champion=only_h[:10])
+        return False, [f"holdout windows differ: {len(only_c)} dates only in candidate, "
+                       f"{len(only_h)} only in champion (e.g. {(only_c + only_h)[:3]})"], comp
+    if len(cd) < cfg.min_paired_days:
+        return False, [f"only {len(cd)} common holdout days < min_paired_days "
+                       f"{cfg.min_paired_days}"], comp
+    order = sorted(cd)
+    c_by, h_by = dict(zip(cd, cv)), dict(zip(hd, hv))
+    c = np.array([c_by[t] for t in order])  # (T,)
+    h = np.array([h_by[t] for t in order])  # (T,)
+    diff = c - h
+    mean_diff = float(diff.mean())
+    if np.all(diff == diff[0]):
+        # zero variance: t undefined; a constant negative difference is as strong as it gets
+        t_stat, p_value = (-math.inf if diff[0] < 0 else (math.inf if diff[0] > 0 else math.nan),
+                           0.0 if diff[0] < 0 else 1.0)
+    else:
+        res = stats.ttest_rel(c, h, alternative="less")
+        t_stat, p_value = float(res.statistic), float(res.pvalue)
+    shortfall = -mean_diff
+    significantly_worse = p_value < cfg.paired_alpha
+    beyond_tolerance = shortfall > cfg.tolerance
+    comp.update(n_common_days=len(order), candidate_mean_rank_ic=float(c.mean()),
+                champion_mean_rank_ic=float(h.mean()), mean_diff=mean_diff,
+                mean_shortfall=shortfall, diff_std=float(diff.std(ddof=1)) if len(diff) > 1 else None,
+                t_stat=t_stat, p_value=p_value, significantly_worse=significantly_worse,
+                beyond_tolerance=beyond_tolerance)
+    reasons = []
+    if significantly_worse:
+        reasons.append(f"candidate significantly worse than champion on daily RankIC@1d "
+                       f"(one-sided paired t={t_stat:.3f}, p={p_value:.4g} < {cfg.paired_alpha})")
+    if beyond_tolerance:
+        reasons.append(f"candidate mean daily RankIC@1d shortfall {shortfall:.5f} > tolerance "
+                       f"{cfg.tolerance}")
+    return not reasons, reasons, comp
+
+
+def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, cfg: GateConfig,
+           force: bool = False, actor: str | None = None) -> GateDecision:
+    """Apply SPEC 7 (see the module docstring for the exact rules).
+
+    Args:
+        candidate: evaluation dict of the new model on the holdout window.
+        champion: evaluation dict of the current champion on the same window, or None.
+        cfg: thresholds.
+        force: promote regardless (manual override); requires ``actor``; recorded.
+    Returns:
+        GateDecision (``.to_dict()`` is JSON-able).
+    """
+    if force and not actor:
+        raise ValueError("force=True needs an actor (who overrode the gate) to be recorded")
+    reasons: list[str] = []
+    checks: dict[str, bool | None] = {}
+
+    sanity = _sanity("candidate", candidate, cfg)
+    if champion is not None:
+        _, _, cprob = _daily("candidate", candidate)
+        sanity += [p for p in cprob if "not finite" in p]
+    checks["sanity"] = not sanity
+    reasons += sanity
+
+    nums = _summary(candidate)
+    ric, shp = nums["rank_ic_1d"], nums["sharpe_1d"]
+    thr = []
+    if ric is None or not math.isfinite(ric) or ric < cfg.min_rank_ic:
+        thr.append(f"rank_ic_1d {ric} < min_rank_ic {cfg.min_rank_ic}")
+    if shp is None or not math.isfinite(shp) or shp < cfg.min_sharpe:
+        thr.append(f"sharpe_1d {shp} < min_sharpe {cfg.min_sharpe}")
+    checks["thresholds"] = not thr
+    reasons += thr
+
+    comparison = None
+    if champion is None:
+        checks["not_worse"] = None
+    else:
+        ok, why, comparison = _compare(candidate, champion, cfg)
+        checks["not_worse"] = ok
+        reasons += [w for w in why if w not in reasons]
+
+    base = "promote" if all(v is not False for v in checks.values()) else "reject"
+    if force:
+        reasons.append(f"forced promotion by {actor}" + (" overriding a reject" if base ==
+                                                        "reject" else ""))
+    return GateDecision(
+        decision="promote" if force else base,
+        decision_without_force=base,
+        forced=bool(force),
+        actor=actor,
+        reasons=tuple(reasons),
+        checks=checks,
+        candidate=nums,
+        champion=_summary(champion) if champion is not None else None,
+        comparison=comparison,
+        thresholds=cfg.model_dump(),
+        decided_at=datetime.now(UTC).isoformat(),
+    )
