@@ -1,5 +1,7 @@
 """`atft validate PATH`: run the GX quotes suite, print the short report, write Data Docs.
 
+Usage: ``atft validate PATH [KEY=VALUE ...] [--as-of YYYY-MM-DD] [--docs DIR] [--config NAME]``
+(config overrides directly after PATH: argparse cannot take positionals after the options).
 Exit codes: 0 valid (warnings allowed), 1 a fatal check failed, 2 the input cannot be read.
 ``--as-of`` defaults to today in Asia/Tokyo (the nightly run judges freshness on the JST date).
 """

@@ -154,7 +154,8 @@ def derive(df: pl.DataFrame, cfg, as_of: dt.date | None) -> Derived:
             day_cols.append(pl.Series("session_lag", lat - prev_idx).cast(pl.Int64))
         days = days.with_columns(day_cols).with_columns(
             pl.when(pl.col("session_idx") >= 0).then(pl.col("session_idx")).alias("session_idx"),
-            pl.when(pl.col("Date") == last).then(pl.col("coverage")).alias("coverage_latest"),
+            (pl.when(pl.col("Date") == last).then(pl.col("coverage")) if last is not None
+             else pl.lit(None, dtype=pl.Float64)).alias("coverage_latest"),
         )
         frame = frame.join(days.drop("n_codes"), on="Date", how="left", maintain_order="left")
         days = days.select("Date", "n_codes", "coverage", "is_trading_day")

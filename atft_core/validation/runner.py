@@ -48,6 +48,7 @@ from atft_core.validation.suite import (
 )
 
 N_EXAMPLES = 5
+DOCS_SITE = "atft_local"
 
 
 def _jsonable(v: Any) -> Any:
@@ -82,7 +83,7 @@ def _run_gx(frame: pl.DataFrame, expectations: list[dict], index_cols: list[str]
         docs_dir.parent.mkdir(parents=True, exist_ok=True)
         # build into a sibling temp dir and swap it in: never a half-written site
         tmp_docs = Path(tempfile.mkdtemp(prefix=f".{docs_dir.name}.", dir=docs_dir.parent))
-        ctx.add_data_docs_site(site_name="atft_local", site_config={
+        ctx.add_data_docs_site(site_name=DOCS_SITE, site_config={
             "class_name": "SiteBuilder",
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             "store_backend": {"class_name": "TupleFilesystemStoreBackend",
@@ -101,7 +102,9 @@ def _run_gx(frame: pl.DataFrame, expectations: list[dict], index_cols: list[str]
                                          "partial_unexpected_count": N_EXAMPLES}
         if index_cols:
             result_format["unexpected_index_column_names"] = index_cols
-        actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs")] if tmp_docs else []
+        # name the site: the ephemeral context also has a default temp-dir site we must not build
+        actions = ([gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])]
+                   if tmp_docs else [])
         checkpoint = ctx.checkpoints.add(gx.Checkpoint(
             name="atft_quotes", validation_definitions=[vdef], actions=actions,
             result_format=result_format))
@@ -176,12 +179,25 @@ def _detail(name: str, d: Derived, cfg, as_of: dt.date | None, r) -> str:
     return ""
 
 
+def _exception_message(info: dict | None) -> str | None:
+    """GX puts either {raised_exception, exception_message} or {metric_id: {...}} here."""
+    if not info:
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message") or "exception")
+    for v in info.values():
+        if isinstance(v, dict) and v.get("raised_exception"):
+            return str(v.get("exception_message") or "exception")
+    return None
+
+
 def _check_result(r, d: Derived, cfg, as_of) -> CheckResult:
     conf = r.expectation_config
     meta = conf.meta or {}
     name, severity = meta.get("check", conf.type), meta.get("severity", "fatal")
     res = r.result or {}
-    raised = bool(r.exception_info and r.exception_info.get("raised_exception"))
+    error = _exception_message(r.exception_info)
+    raised = error is not None
     count = res.get("unexpected_count")
     if raised:
         status = "skipped" if _depends_on_invalid(conf.kwargs, d.invalid_columns) else "error"
@@ -196,7 +212,7 @@ def _check_result(r, d: Derived, cfg, as_of) -> CheckResult:
     if status in ("fail", "warn"):
         detail = _detail(name, d, cfg, as_of, r)
     elif status == "error":
-        detail = str(r.exception_info.get("exception_message", ""))[:300]
+        detail = (error or "")[:300]
     pct = res.get("unexpected_percent")
     return CheckResult(
         name=name, expectation=conf.type, severity=severity, status=status,
