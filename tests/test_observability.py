@@ -586,3 +586,19 @@ def test_gateway_down_falls_back_to_textfile_task_succeeds(tmp_path):
     assert Path(where).parent == tmp_path / "metrics"
     assert value(where, "atft_train_epoch", dag_id="atft_retrain", task_id="train") == 2.0
     assert value(where, "atft_train_nan_steps_total") == 1.0
+
+
+# --------------------------------------------------------------------------- the shared helper
+def test_require_binary_skips_locally_and_fails_in_ci(monkeypatch):
+    import bin_helpers
+
+    monkeypatch.setattr(bin_helpers.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="not found"):
+        bin_helpers.require_binary("promtool")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        bin_helpers.require_binary("promtool")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        bin_helpers.require_binary("promtool")
