@@ -36,7 +36,9 @@ Decisions (SPEC 9 leaves these open):
 * **pushadd, never push.** ``pushadd`` replaces only the metric names of this push inside the group,
   so a failed run (which does not send ``..._last_success_timestamp_seconds``) leaves the last
   success in place. Every call builds a fresh ``CollectorRegistry`` holding only that call's
-  families: nothing leaks between tasks or calls.
+  families: nothing leaks between tasks or calls. (One exception, inside one pusher: series with a
+  ``stage`` label of other stages already sent to the same group are re-sent, because pushadd
+  replaces the whole family and a task reporting two stages would otherwise keep only the last.)
 * **Counters from short-lived processes.** A ``_total`` pushed here (``atft_train_nan_steps_total``)
   is the count *within the current run*: it grows epoch by epoch and restarts at 0 with the next
   run. Alerts therefore compare its value (``> 0``: the latest run had NaN steps) instead of
@@ -401,6 +403,7 @@ class MetricsPusher:
         self.task_id = task_id or env.get(ENV_CTX_TASK) or None  # None -> the stage name
         self.clock = clock
         self._gateway_down_until = 0.0
+        self._stage_series: dict[tuple, dict[tuple, tuple]] = {}
         try:
             self.gateway = resolve_gateway(cfg, env)
         except ValueError as err:
@@ -424,11 +427,28 @@ class MetricsPusher:
             return handler
         return default_handler
 
+    def _with_other_stages(self, group: Mapping[str, str], samples: list) -> list:
+        """Re-send this group's ``stage``-labelled series of *other* stages.
+
+        pushadd replaces a whole metric family in the group, so a task that reports two stages
+        (``stage("train")`` then ``stage("evaluate")``) would otherwise keep only the last one.
+        """
+        key = tuple(sorted(group.items()))
+        sent = self._stage_series.setdefault(key, {})
+        new = {(n, tuple(sorted(lab.items()))): (n, lab, v) for n, lab, v in samples
+               if "stage" in METRICS[n].labels}
+        names = {n for n, _ in new}
+        older = [v for k, v in sent.items() if k[0] in names and k not in new]
+        sent.update(new)
+        return older + samples
+
     def push(self, stage: str, samples: list[tuple[str, Mapping[str, str], float]], *,
              dag_id: str | None = None, task_id: str | None = None) -> Delivery:
         """Validate and deliver ``samples``; never raises for delivery problems."""
-        families = build_families(samples)  # programming errors raise here, before any I/O
+        build_families(samples)  # programming errors raise here, before any I/O
         group = self.grouping(stage, dag_id, task_id)
+        samples = self._with_other_stages(group, samples)
+        families = build_families(samples)
         gw = self.gateway
         if gw is not None and self.clock() >= self._gateway_down_until:
             try:

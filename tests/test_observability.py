@@ -602,3 +602,19 @@ def test_require_binary_skips_locally_and_fails_in_ci(monkeypatch):
     monkeypatch.setenv("CI", "false")
     with pytest.raises(pytest.skip.Exception):
         bin_helpers.require_binary("promtool")
+
+
+def test_one_task_reporting_two_stages_keeps_both(tmp_path):
+    clock = Clock(10.0)
+    p = textfile_pusher(tmp_path, dag_id="d", task_id="train_and_evaluate", clock=clock)
+    p.stage("train", True, 600.0)
+    clock.t = 20.0
+    f = p.stage("evaluate", False, 30.0).where
+    assert value(f, "atft_stage_duration_seconds", stage="train") == 600.0
+    assert value(f, "atft_stage_duration_seconds", stage="evaluate") == 30.0
+    assert value(f, "atft_stage_success", stage="evaluate") == 0.0
+    assert value(f, "atft_stage_last_success_timestamp_seconds", stage="train") == 10.0
+    assert value(f, "atft_stage_last_success_timestamp_seconds", stage="evaluate") is None
+    p.stage("train", True, 500.0)  # the newest value of a stage replaces its older one
+    assert value(f, "atft_stage_duration_seconds", stage="train") == 500.0
+    assert value(f, "atft_stage_duration_seconds", stage="evaluate") == 30.0
