@@ -618,3 +618,19 @@ def test_one_task_reporting_two_stages_keeps_both(tmp_path):
     p.stage("train", True, 500.0)  # the newest value of a stage replaces its older one
     assert value(f, "atft_stage_duration_seconds", stage="train") == 500.0
     assert value(f, "atft_stage_duration_seconds", stage="evaluate") == 30.0
+
+
+def test_cli_metrics_list_and_where(capsys, monkeypatch):
+    from atft_core.cli import main
+
+    assert main(["metrics", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(METRICS)
+    assert "atft_val_rank_ic{horizon}\tgauge\t" in "\n".join(lines)
+    monkeypatch.delenv("ATFT_PUSHGATEWAY_URL", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_ATFT_PUSHGATEWAY", raising=False)
+    assert main(["metrics", "where", "metrics.textfile_dir=/tmp/x"]) == 0
+    assert capsys.readouterr().out.strip() == "textfile /tmp/x"
+    monkeypatch.setenv("ATFT_PUSHGATEWAY_URL", "http://pg:9091")
+    assert main(["metrics", "where"]) == 0
+    assert capsys.readouterr().out.strip() == "pushgateway http://pg:9091 (from ATFT_PUSHGATEWAY_URL)"
