@@ -58,7 +58,6 @@ from __future__ import annotations
 import json
 import os
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,29 +197,37 @@ def _suspensions(rng: np.random.Generator, shape, rate: float) -> np.ndarray:
     return missing
 
 
+def _row_ranks(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """1-based average ranks of x within each row over ``valid`` entries (others: arbitrary).
+
+    One argsort + scatter; rows with exact ties (e.g. zero oracles of stocks without peers) are
+    re-ranked with scipy's average method so the result is Spearman's definition.  (T, N)
+    """
+    filled = np.where(valid, x, np.inf)  # invalid entries sort last
+    order = np.argsort(filled, axis=1)
+    positions = np.broadcast_to(np.arange(1, x.shape[1] + 1, dtype=np.float64), x.shape)
+    ranks = np.empty(x.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, positions, axis=1)
+    srt = np.take_along_axis(filled, order, axis=1)
+    tied = ((srt[:, 1:] == srt[:, :-1]) & np.isfinite(srt[:, 1:])).any(axis=1)
+    if tied.any():
+        from scipy.stats import rankdata
+
+        for i in np.nonzero(tied)[0]:
+            ranks[i, valid[i]] = rankdata(x[i, valid[i]])
+    return ranks
+
+
 def _spearman_daily(pred: np.ndarray, real: np.ndarray, min_n: int = MIN_IC_STOCKS) -> float:
     """Mean over rows of the Spearman correlation on entries finite in both.  (T, N) arrays."""
     valid = np.isfinite(pred) & np.isfinite(real)
-    n = valid.sum(axis=1)
-
-    positions = np.broadcast_to(np.arange(pred.shape[1], dtype=np.float64), pred.shape)
-
-    def ranks(x):
-        # one argsort + scatter (inverse permutation); invalid entries sort last and are dropped
-        order = np.argsort(np.where(valid, x, np.inf), axis=1)
-        r = np.empty(x.shape, dtype=np.float64)
-        np.put_along_axis(r, order, positions, axis=1)
-        return np.where(valid, r, np.nan)
-
-    rp, rr = ranks(pred), ranks(real)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (tail days) -> skipped
-        rp = rp - np.nanmean(rp, axis=1, keepdims=True)
-        rr = rr - np.nanmean(rr, axis=1, keepdims=True)
-        cov = np.nansum(rp * rr, axis=1)
-        den = np.sqrt(np.nansum(rp**2, axis=1) * np.nansum(rr**2, axis=1))
-        ic = cov / den
-    ok = (n >= min_n) & np.isfinite(ic)
+    n = valid.sum(axis=1, keepdims=True).astype(np.float64)
+    mid = (n + 1.0) / 2.0  # mean of average ranks 1..n, ties or not
+    a = np.where(valid, _row_ranks(pred, valid) - mid, 0.0)
+    b = np.where(valid, _row_ranks(real, valid) - mid, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ic = (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    ok = (n[:, 0] >= min_n) & np.isfinite(ic)
     return float(ic[ok].mean()) if ok.any() else 0.0
 
 
