@@ -609,7 +609,12 @@ class MetricsPusher:
         return self.push("retrain", s)
 
     def task_result(self, dag_id: str, task_id: str, state: str) -> Delivery:
-        """An Airflow task instance finished (listener). Pushed into that task's own group."""
+        """An Airflow task instance finished (listener). Pushed into that task's own group.
+
+        ``success`` -> success 1 + last-success timestamp; ``failed``/``up_for_retry``/
+        ``upstream_failed`` -> success 0 + last-failure timestamp; any other state (skipped,
+        removed, ...) is not recorded and returns ``Delivery("dropped", "", error=...)``.
+        """
         state = str(state).lower().rsplit(".", 1)[-1]  # accepts TaskInstanceState.SUCCESS too
         if state in SUCCESS_STATES:
             s = [("atft_task_success", {}, 1.0),
