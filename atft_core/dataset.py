@@ -111,7 +111,7 @@ class Panel:
         mask:    (S, T, H) bool     target known and stock-day in the cross-section
         usable:  (S, T)    bool     stock-day in its day's cross-section
         returns: (S, T)    float32  raw 1-day log return (graph input); NaN where missing
-        sector:  (S,)      int64    sector id (index into ``sector_codes``), -1 = unknown
+        sector:  (S, T)    int32    sector id that day (index into ``sector_codes``), -1 = unknown
     """
 
     dates: tuple[dt.date, ...]
@@ -201,17 +201,13 @@ def build_panel(features: pl.DataFrame, cfg: Config) -> Panel:
     returns = np.full((S, T), np.nan, dtype=np.float32)
     returns[s_idx, t_idx] = f.get_column("ret_1d_raw").to_numpy().astype(np.float32)
 
-    # a stock's sector = its latest known Sector33Code
-    sec = (
-        f.filter(pl.col("Sector33Code").is_not_null())
-        .sort("t")
-        .group_by("s")
-        .agg(pl.col("Sector33Code").last())
-    )
-    sector_codes = tuple(sorted(sec.get_column("Sector33Code").unique().to_list()))
-    sid = {c: i for i, c in enumerate(sector_codes)}
-    sector = np.full(S, -1, dtype=np.int64)
-    sector[sec.get_column("s").to_numpy()] = [sid[c] for c in sec.get_column("Sector33Code")]
+    # sector of each stock-day as known that day (features forward-fill it point in time)
+    sector_col = f.get_column("Sector33Code")
+    sector_codes = tuple(sorted(sector_col.drop_nulls().unique().to_list()))
+    sid = pl.Series("sid", range(len(sector_codes)), dtype=pl.Int32)
+    ids = sector_col.replace_strict(pl.Series(sector_codes, dtype=pl.String), sid, default=-1)
+    sector = np.full((S, T), -1, dtype=np.int32)
+    sector[s_idx, t_idx] = ids.to_numpy()
 
     return Panel(
         dates=tuple(dates.to_list()),
@@ -247,7 +243,7 @@ def day_graph(panel: Panel, stocks: Tensor, t: int, cfg: GraphConfig) -> tuple[T
     """Graph of day index t over the given stocks (node i = stocks[i]); data up to t only."""
     t0 = max(0, t - cfg.corr_window + 1)
     window = panel.returns[stocks, t0 : t + 1]  # (N, W)
-    return build_day_graph(window, panel.sector[stocks], cfg)
+    return build_day_graph(window, panel.sector[stocks, t].to(torch.int64), cfg)
 
 
 class DayBatchLoader:

@@ -122,7 +122,8 @@ def _per_stock(lf: pl.LazyFrame) -> pl.LazyFrame:
     lf = lf.with_columns(
         lc_ff.alias("_lc"),
         pl.col("Close").forward_fill().over(by).alias("_cff"),
-        pl.col("Sector33Code").forward_fill().backward_fill().over(by).alias("Sector33Code"),
+        # forward fill only: a sector learnt later must not leak backwards (null -> market)
+        pl.col("Sector33Code").forward_fill().over(by).alias("Sector33Code"),
         present.cast(pl.Int32).cum_sum().over(by).alias("history_days"),
         pl.when(present).then(pl.col("Volume").clip(lower_bound=0).log1p()).alias("_lv"),
         pl.when(present)
@@ -316,7 +317,7 @@ def build_features_pandas(quotes, cfg: Config, mask=None):
     g = df.groupby("Code", sort=False)
     pres = df["present"]
     df["_lc"] = g["Close"].transform(lambda s: np.log(s).ffill())
-    df["Sector33Code"] = g["Sector33Code"].transform(lambda s: s.ffill().bfill())
+    df["Sector33Code"] = g["Sector33Code"].transform(lambda s: s.ffill())
     df["history_days"] = g["present"].cumsum()
     df["_lv"] = np.log1p(df["Volume"].clip(lower=0)).where(pres)
     tv = df["TurnoverValue"].fillna(df["Close"] * df["Volume"])

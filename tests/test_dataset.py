@@ -191,7 +191,7 @@ def test_batch_graph_in_day_node_order(panel):
         t = panel.dates.index(d)
         rows = [int(np.nonzero(panel.codes == c)[0][0]) for c in b.codes[ptr[k] : ptr[k + 1]]]
         lo = max(0, t - CFG.graph.corr_window + 1)
-        ref_ei, ref_ea = build_day_graph(panel.returns[rows, lo : t + 1], panel.sector[rows], CFG.graph)
+        ref_ei, ref_ea = build_day_graph(panel.returns[rows, lo : t + 1], panel.sector[rows, t].long(), CFG.graph)
         sel = day[b.edge_index[0]] == k
         assert torch.equal(b.edge_index[:, sel] - ptr[k], ref_ei)
         assert torch.equal(b.edge_attr[sel], ref_ea)

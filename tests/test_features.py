@@ -245,3 +245,26 @@ def test_missing_turnover_and_sector_columns(quotes):
     # with no sectors, relative-to-sector equals relative-to-market
     np.testing.assert_allclose(df["rel_sec_5d"].to_numpy(), df["rel_mkt_5d"].to_numpy(), equal_nan=True)
     assert math.isfinite(float(df["turnover_z"].drop_nulls().std()))
+
+
+def test_sector_is_not_back_filled(quotes):
+    """A sector first reported on day 60 must not be used for earlier days (market fallback)."""
+    dates = sorted(quotes["Date"].unique().to_list())
+    late = quotes.with_columns(
+        pl.when((pl.col("Code") == "1302") & (pl.col("Date") < dates[60]))
+        .then(None)
+        .otherwise(pl.col("Sector33Code"))
+        .alias("Sector33Code")
+    )
+    never = quotes.with_columns(
+        pl.when(pl.col("Code") == "1302").then(None).otherwise(pl.col("Sector33Code")).alias("Sector33Code")
+    )
+    df = build_features(late, CFG)
+    ref = build_features(never, CFG)
+    early = pl.col("Date") < dates[60]
+    mine = pl.col("Code") == "1302"
+    assert df.filter(early & mine)["Sector33Code"].is_null().all()
+    assert df.filter(~early & mine)["Sector33Code"].is_not_null().all()
+    # identical data up to day 59 -> identical features up to day 59
+    assert df.filter(early).select(FEATURE_COLUMNS).equals(ref.filter(early).select(FEATURE_COLUMNS))
+    assert not df.filter(~early).select(FEATURE_COLUMNS).equals(ref.filter(~early).select(FEATURE_COLUMNS))
