@@ -21,6 +21,8 @@ from atft_core.registry.registry import (
     RunFile,
     RunSummary,
     code_version,
+    load_champion,
+    load_run,
 )
 from atft_core.registry.store import FileStore, S3Store, open_store, resolve_s3_settings
 
@@ -28,5 +30,6 @@ __all__ = [
     "ANY", "AliasConflictError", "AliasRecord", "AlreadyExistsError", "FileStore",
     "IntegrityError", "InvalidNameError", "LoadedRun", "Manifest", "NotFoundError",
     "PreconditionError", "PublishError", "PublishResult", "Registry", "RegistryError", "RunFile",
-    "RunSummary", "S3Store", "code_version", "open_store", "resolve_s3_settings",
+    "RunSummary", "S3Store", "code_version", "load_champion", "load_run", "open_store",
+    "resolve_s3_settings",
 ]

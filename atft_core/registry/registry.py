@@ -42,6 +42,7 @@ from atft_core.registry.errors import (
     AliasConflictError,
     AlreadyExistsError,
     IntegrityError,
+    InvalidNameError,
     NotFoundError,
     PreconditionError,
     PublishError,
@@ -402,12 +403,16 @@ class Registry:
 
     def read_manifest(self, run_id: str) -> tuple[Manifest, str]:
         """(manifest, sha256 of its bytes); NotFoundError if the run is not published."""
+        m, sha, _ = self._manifest_with_bytes(run_id)
+        return m, sha
+
+    def _manifest_with_bytes(self, run_id: str) -> tuple[Manifest, str, bytes]:
         try:
             data, _ = self.store.get_bytes(self._run_key(run_id, "manifest.json"))
         except NotFoundError:
             raise NotFoundError(f"run {run_id} is not published in {self.uri} "
                                 "(no manifest.json)") from None
-        return Manifest.from_bytes(data, run_id), hashlib.sha256(data).hexdigest()
+        return Manifest.from_bytes(data, run_id), hashlib.sha256(data).hexdigest(), data
 
     def load_run(self, run_id: str, dest: str | Path | None = None, *,
                  expected_manifest_sha256: str | None = None, verify: bool = True) -> LoadedRun:
@@ -419,7 +424,7 @@ class Registry:
             (the partially copied directory is removed).
         """
         check_run_id(run_id)
-        manifest, msha = self.read_manifest(run_id)
+        manifest, msha, manifest_bytes = self._manifest_with_bytes(run_id)
         if expected_manifest_sha256 is not None and msha != expected_manifest_sha256:
             raise IntegrityError(f"run {run_id}: manifest.json sha256 {msha} != "
                                  f"{expected_manifest_sha256} recorded by the alias")
@@ -435,7 +440,12 @@ class Registry:
         try:
             for f in manifest.files:
                 part = out / f".{f.name}.part"
-                size, digest = _hash_copy(self._run_key(run_id, f.name), self.store, part, verify)
+                try:
+                    size, digest = _hash_copy(self._run_key(run_id, f.name), self.store, part,
+                                              verify)
+                except NotFoundError:
+                    raise IntegrityError(f"run {run_id}: manifest lists {f.name} but the object "
+                                         "is missing") from None
                 if size != f.size:
                     raise IntegrityError(f"run {run_id}: {f.name} is {size} bytes, manifest says "
                                          f"{f.size} (truncated or replaced)")
@@ -443,7 +453,7 @@ class Registry:
                     raise IntegrityError(f"run {run_id}: {f.name} sha256 {digest} != manifest "
                                          f"{f.sha256} (corrupted or replaced)")
                 os.replace(part, out / f.name)
-            (out / "manifest.json").write_bytes(manifest.to_bytes())
+            (out / "manifest.json").write_bytes(manifest_bytes)
         except BaseException:
             shutil.rmtree(out, ignore_errors=True)
             raise
@@ -490,12 +500,12 @@ class Registry:
         check_run_id(run_id)
         if not reason or not actor:
             raise RegistryError(f"{action} needs a non-empty reason and actor")
-        if verify:
-            manifest = self.verify_run(run_id)
-            _, msha = self.read_manifest(run_id)
+        if verify:  # the alias must only ever point to a complete, verified run
+            loaded = self.load_run(run_id)
+            shutil.rmtree(loaded.path, ignore_errors=True)
+            msha = loaded.manifest_sha256
         else:
-            manifest, msha = self.read_manifest(run_id)
-        del manifest
+            _, msha = self.read_manifest(run_id)
         key = self._alias_key(alias)
         delay = 0.002
         for _ in range(max_attempts):
@@ -583,7 +593,10 @@ class Registry:
         for key in self.store.list_keys("aliases"):
             parts = key.split("/")
             if len(parts) == 2 and parts[1].endswith(".json"):
-                rec = self.get_alias(parts[1][: -len(".json")])
+                try:
+                    rec = self.get_alias(parts[1][: -len(".json")])
+                except InvalidNameError:
+                    continue  # a foreign object in aliases/: not ours to interpret
                 if rec is not None:
                     aliases.setdefault(rec.run_id, []).append(rec.alias)
         out = []
@@ -601,3 +614,13 @@ class Registry:
         return {"alias": alias, "set": True, "uri": self.uri, "record": rec.to_dict(),
                 "manifest_sha256_matches": msha == rec.manifest_sha256,
                 "manifest": json.loads(manifest.to_bytes())}
+
+
+def load_run(uri: str, run_id: str, dest: str | Path | None = None) -> LoadedRun:
+    """Verified local copy of a published run (``.path``, ``.state_dict()``)."""
+    return Registry(uri).load_run(run_id, dest)
+
+
+def load_champion(uri: str, alias: str = "champion", dest: str | Path | None = None) -> LoadedRun:
+    """alias -> manifest (sha256 pinned by the alias) -> verified local copy of the run."""
+    return Registry(uri).load_champion(alias, dest)
