@@ -37,11 +37,22 @@ already realised::
 
     oracle_h(t) = c * sum_{q >= 0} K_h[q] * D[t - q],     K_h[q] = sum_{j=2}^{h+1} k[q + j]
 
-Measured at the default ``signal_strength=0.10`` (``atft synth``, 300 stocks x 500 days, seed 0;
-see the module test and the report): RankIC of the oracle vs realised y, own ~0.15 @1d, neighbour
-similar; both decay with the horizon. ``oracle_rank_ic`` is the mean over days of the daily
-Spearman correlation between ``oracle_h`` and the realised ``y_h`` (stocks with both finite; days
-with fewer than 10 such stocks skipped).
+``oracle_rank_ic`` is the mean over days of the daily Spearman correlation (average ranks)
+between ``oracle_h`` and the realised ``y_h`` (stocks with both finite; days with fewer than 10
+such stocks skipped). Measured at the default ``signal_strength=0.10`` (defaults otherwise:
+300 stocks x 500 days; mean of seeds 0-4, range in brackets):
+
+=========  ===================  ===================  ===================  ===================
+signal     1d                   5d                   10d                  20d
+=========  ===================  ===================  ===================  ===================
+own        0.149 [0.146-0.152]  0.273 [0.267-0.280]  0.279 [0.270-0.289]  0.228 [0.215-0.236]
+neighbour  0.168 [0.161-0.182]  0.096 [0.089-0.106]  0.069 [0.062-0.078]  0.048 [0.040-0.057]
+=========  ===================  ===================  ===================  ===================
+
+4,000 stocks x 2,500 days: own 0.148/0.273/0.281/0.232, neighbour 0.172/0.097/0.065/0.045.
+RankIC@1d scales about linearly with the strength (own: 0.079 at 0.05, 0.284 at 0.20).
+Cost at 4,000 x 2,500: ~23 s of CPU (one core; about 2.9 GB peak RSS), half of it the
+per-horizon oracle and its RankIC (argsorts of (T, N) arrays).
 
 Quotes: Close = P0 * exp(cumsum r); Open = previous latent close * exp(a * r + noise) (a part of the
 day's move happens overnight); High/Low extend max/min(Open, Close) by half-normal wicks scaled by
