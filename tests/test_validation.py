@@ -70,6 +70,7 @@ def statuses(report) -> dict[str, str]:
     return {c.name: c.status for c in report.checks}
 
 
+@pytest.mark.slow  # several GX runs
 def test_clean_frame_passes(clean):
     rep = validate_quotes(clean, CFG, as_of=last_day(clean))
     assert rep.success, rep.to_text()
@@ -93,6 +94,7 @@ def test_missing_column_is_fatal_and_named(clean):
     assert err.value.report.check("column_High").status == "fail"
 
 
+@pytest.mark.slow  # several GX runs
 def test_wrong_dtype_is_fatal_castable_is_warning(clean):
     bad = clean.with_columns(pl.col("Close").cast(pl.String))
     rep = validate_quotes(bad, CFG)
@@ -107,6 +109,24 @@ def test_wrong_dtype_is_fatal_castable_is_warning(clean):
     # a Code stored as an integer is not castable (leading zeros / 5-char codes would be lost)
     rep3 = validate_quotes(clean.with_columns(pl.col("Code").cast(pl.Int64)), CFG)
     assert not rep3.success and rep3.check("dtype_Code").status == "fail"
+
+
+def test_optional_columns_checked_when_present(clean):
+    opt = clean.with_columns(
+        pl.lit(1.0).alias("AdjustmentFactor"),
+        (pl.col("Close") * pl.col("Volume")).alias("TurnoverValue"),
+        pl.lit(3700).cast(pl.Int64).alias("Sector33Code"),  # must be a string code
+    ).with_row_index().with_columns(
+        pl.when(pl.col("index") == 4).then(0.0).otherwise(pl.col("AdjustmentFactor")).alias("AdjustmentFactor")
+    ).drop("index")
+    rep = validate_quotes(opt, CFG)
+    st = statuses(rep)
+    assert not rep.success
+    assert st["dtype_Sector33Code"] == "fail" and "Sector33Code is Int64 (expected String)" in rep.to_text()
+    assert st["adjustment_factor_positive"] == "fail" and rep.check("adjustment_factor_positive").unexpected_count == 1
+    assert st["turnover_nonnegative"] == "pass" and st["dtype_TurnoverValue"] == "pass"
+    # absent optional columns are not checked at all
+    assert "dtype_Sector33Code" not in statuses(validate_quotes(clean, CFG))
 
 
 def test_duplicate_keys(clean):
@@ -142,6 +162,7 @@ def test_high_below_low(clean):
         ensure_valid(bad, CFG)
 
 
+@pytest.mark.slow  # several GX runs
 def test_stale_file_missing_latest_day(clean):
     last = last_day(clean)
     as_of = cal.add_trading_days(last, 3)
@@ -192,6 +213,7 @@ def test_empty_and_truncated_files(clean, tmp_path, capsys):
     assert "truncated.parquet" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # several GX runs
 def test_bad_ticks_isolated_flagged_widespread_fatal(clean):
     # one 100x price error (a unit slip) on one code-day: two bad returns (in and out)
     code, day = clean["Code"][3], clean["Date"].unique().sort()[10]
@@ -221,6 +243,7 @@ def test_bad_ticks_isolated_flagged_widespread_fatal(clean):
     assert set(zip(rep3.bad_ticks["Date"], rep3.bad_ticks["Code"])) == set(reference_bad_ticks(many, 0.5))
 
 
+@pytest.mark.slow  # several GX runs
 def test_coverage_latest_day_fatal_history_warning(clean):
     days = clean["Date"].unique().sort()
     codes = clean["Code"].unique().sort()[:8]  # 8/20 = 0.4 coverage
@@ -239,6 +262,7 @@ def test_coverage_latest_day_fatal_history_warning(clean):
     assert str(days[7]) in rep3.check("no_missing_sessions").detail
 
 
+@pytest.mark.slow  # several GX runs
 def test_ohlc_range_few_warn_many_fatal(clean):
     few = clean.with_row_index().with_columns(
         pl.when(pl.col("index") == 2).then(pl.col("High") * 1.01).otherwise(pl.col("Close")).alias("Close")

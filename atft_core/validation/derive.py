@@ -31,6 +31,8 @@ from atft_core import calendar as cal
 from atft_core.data.schema import CANONICAL_SCHEMA, REQUIRED_SCHEMA
 
 FLOAT_COLUMNS = ("Open", "High", "Low", "Close", "Volume")
+# columns whose integer / float32 dtype is a lossless widening to Float64 (warning, not fatal)
+CASTABLE_COLUMNS = (*FLOAT_COLUMNS, "TurnoverValue", "AdjustmentFactor")
 # pandas dtype names GX sees for polars numeric columns (all castable to Float64)
 NUMERIC_PANDAS_TYPES = [
     "float64", "float32", "int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8",
@@ -88,7 +90,7 @@ def _column_status(df: pl.DataFrame) -> tuple[frozenset[str], dict[str, str]]:
         if got == want:
             continue
         notes[col] = f"{col} is {got} (expected {want})"
-        castable = col in FLOAT_COLUMNS and got.is_numeric()
+        castable = col in CASTABLE_COLUMNS and got.is_numeric()
         if not castable:
             invalid.add(col)
     return frozenset(invalid), notes
@@ -97,7 +99,7 @@ def _column_status(df: pl.DataFrame) -> tuple[frozenset[str], dict[str, str]]:
 def derive(df: pl.DataFrame, cfg, as_of: dt.date | None) -> Derived:
     """Compute the validated frame. ``cfg`` is a ValidationConfig."""
     invalid, notes = _column_status(df)
-    keep = [c for c in REQUIRED_SCHEMA if c in df.columns]
+    keep = [c for c in CANONICAL_SCHEMA if c in df.columns]  # extra columns are not validated
     frame = df.select(keep)
     ok = [c for c in keep if c not in invalid]
     # castable numeric columns stay raw in `frame` (GX reports their dtype); derive from Float64

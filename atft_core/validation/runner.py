@@ -251,7 +251,7 @@ def validate_quotes(
     df, label = read_quotes(source)
     d = derive(df, cfg, as_of)
     exps = resolved_expectations(suite_parameters(cfg, d), has_as_of=as_of is not None,
-                                 require_fresh=cfg.require_fresh)
+                                 require_fresh=cfg.require_fresh, columns=d.frame.columns)
     index_cols = [c for c in ("Date", "Code") if c in d.frame.columns and c not in d.invalid_columns]
     results, docs_index = _run_gx(d.frame, exps, index_cols,
                                   Path(docs_dir) if docs_dir is not None else None)

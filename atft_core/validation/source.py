@@ -50,7 +50,9 @@ def _read_csv(path: Path) -> pl.DataFrame:
 
 
 def _read_store_dir(path: Path) -> pl.DataFrame:
-    files = sorted(path.rglob("*.parquet"))
+    # hidden names are writers' temp files (atft_core.data.store writes .part-0.parquet.tmp-*)
+    files = sorted(f for f in path.rglob("*.parquet")
+                   if not any(part.startswith(".") for part in f.relative_to(path).parts))
     if not files:
         raise UnreadableInputError(path, "directory contains no *.parquet files")
     for f in files:  # name the bad file: a scan over the directory would not

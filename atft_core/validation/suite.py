@@ -5,12 +5,14 @@ as ``{"$PARAMETER": name}`` are resolved here from :class:`ValidationConfig` and
 them ourselves rather than via GX suite parameters because ``mostly`` and ``type_list`` must be
 concrete, and Data Docs then show the real thresholds). ``meta.requires`` drops an expectation
 when the run cannot evaluate it: ``as_of`` (no run date given) and ``fresh`` (no run date, or
-``cfg.require_fresh`` is false).
+``cfg.require_fresh`` is false); ``meta.optional`` drops checks of an optional column
+(TurnoverValue, AdjustmentFactor, Sector33Code) that the source does not have.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -54,11 +56,15 @@ def _resolve(value: Any, params: dict[str, Any]) -> Any:
     return value
 
 
-def resolved_expectations(params: dict[str, Any], has_as_of: bool, require_fresh: bool
-                          ) -> list[dict[str, Any]]:
-    """The suite's expectation dicts with parameters filled in and unrunnable ones dropped."""
+def resolved_expectations(params: dict[str, Any], has_as_of: bool, require_fresh: bool,
+                          columns: Iterable[str]) -> list[dict[str, Any]]:
+    """The suite's expectation dicts with parameters filled in and unrunnable ones dropped
+    (``meta.optional``: only when the optional column is present in ``columns``)."""
+    present = set(columns)
     out = []
     for exp in load_suite_spec()["expectations"]:
+        if exp.get("meta", {}).get("optional") and not set(columns_of(exp["kwargs"])) <= present:
+            continue
         needs = exp.get("meta", {}).get("requires")
         if needs == "as_of" and not has_as_of:
             continue
