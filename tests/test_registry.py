@@ -567,3 +567,26 @@ def test_cli_publish_promote_show_list_verify_rollback(tmp_path, capsys):
     assert [h["run_id"] for h in rows["history"]] == ["A", "B", "A"]
     assert main(["registry", "promote", "../x", "--uri", uri, "--reason", "x",
                  "--actor", "me"]) == 2
+
+
+def test_concurrent_publishers_of_the_same_run_agree(reg, tmp_path):
+    run = make_run_dir(tmp_path, "same", seed=3)
+    results, errors = [], []
+    barrier = threading.Barrier(4)
+
+    def go():
+        barrier.wait(timeout=30)
+        try:
+            results.append(reg.publish(run))
+        except Exception as err:  # noqa: BLE001 -- collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert sum(not r.already_published for r in results) == 1  # one manifest write won
+    assert len({r.manifest_sha256 for r in results}) == 1
+    assert reg.load_run("same").manifest_sha256 == results[0].manifest_sha256
