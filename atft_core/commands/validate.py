@@ -54,6 +54,9 @@ def _validate(args) -> int:
     except UnreadableInputError as err:
         print(f"atft validate: {err}", file=sys.stderr)
         return 2
+    except ValueError as err:  # e.g. --as-of outside the XTKS calendar's range
+        print(f"atft validate: {err}", file=sys.stderr)
+        return 2
     print(report.to_text())
     if args.json_out:
         out = Path(args.json_out)

@@ -146,7 +146,8 @@ def _detail(name: str, d: Derived, cfg, as_of: dt.date | None, r) -> str:
     if name == "trading_day":
         bad = d.days.filter(~pl.col("is_trading_day"))
         shown = ", ".join(f"{r_['Date']} ({r_['n_codes']} rows)" for r_ in bad.head(8).to_dicts())
-        return f"{bad.height} non-trading date(s) (XTKS holidays/weekends): {shown}"
+        return (f"{bad.height} non-trading date(s) (XTKS holidays/weekends): {shown}; the canonical "
+                "table holds XTKS sessions only -- drop these rows at ingest or fix the calendar")
     if name == "daily_coverage":
         low = d.days.filter(pl.col("coverage") < cfg.min_daily_coverage)
         shown = ", ".join(f"{x['Date']} ({x['n_codes']} codes, {x['coverage']:.2f})" for x in low.head(5).to_dicts())
