@@ -174,14 +174,17 @@ def _per_stock(lf: pl.LazyFrame) -> pl.LazyFrame:
 def _cross_section(lf: pl.LazyFrame) -> pl.LazyFrame:
     """Market / sector relative returns and the rolling beta to the market."""
     present = pl.col("present")
-    mkt = {n: pl.when(present).then(pl.col(f"ret_{n}d")).mean().over("Date") for n in RELATIVE_WINDOWS}
-    sec = {
-        n: pl.when(present).then(pl.col(f"ret_{n}d")).mean().over("Date", "Sector33Code")
-        for n in RELATIVE_WINDOWS
-    }
-    lf = lf.with_columns(
-        **{f"_mkt_{n}": mkt[n] for n in RELATIVE_WINDOWS},
-        **{f"_sec_{n}": sec[n] for n in RELATIVE_WINDOWS},
+    rets = [f"ret_{n}d" for n in RELATIVE_WINDOWS]
+    real = lf.filter(present).select("Date", "Sector33Code", *rets)
+    mkt = real.group_by("Date").agg([pl.col(f"ret_{n}d").mean().alias(f"_mkt_{n}") for n in RELATIVE_WINDOWS])
+    sec = (
+        real.filter(pl.col("Sector33Code").is_not_null())
+        .group_by("Date", "Sector33Code")
+        .agg([pl.col(f"ret_{n}d").mean().alias(f"_sec_{n}") for n in RELATIVE_WINDOWS])
+    )
+    # maintain_order: the rolling beta below relies on the (Code, t) row order
+    lf = lf.join(mkt, on="Date", how="left", maintain_order="left").join(
+        sec, on=["Date", "Sector33Code"], how="left", maintain_order="left"
     )
     rel = {}
     for n in RELATIVE_WINDOWS:
@@ -215,21 +218,39 @@ def _targets(lf: pl.LazyFrame, horizons: tuple[int, ...]) -> pl.LazyFrame:
     )
 
 
-def robust_z(col: str, usable: pl.Expr, clip: float) -> pl.Expr:
-    """Per-day robust z of ``col``: median / 1.4826*MAD over the day's usable rows, clipped."""
-    x = pl.col(col)
-    xu = pl.when(usable).then(x)
-    med = xu.median().over("Date")
-    mad = (xu - med).abs().median().over("Date") * MAD_SCALE
-    std = xu.std().over("Date")
-    # thresholds, not > 0: a constant column has a float-noise std of ~1e-17
-    scale = pl.when(mad > SCALE_EPS).then(mad).when(std > SCALE_EPS).then(std)
-    return (
-        pl.when(x.is_null()).then(None)
-        .when(scale.is_null()).then(0.0)
-        .otherwise(((x - med) / scale).clip(-clip, clip))
-        .alias(col)
+def robust_z(lf: pl.LazyFrame, cols: tuple[str, ...], usable: pl.Expr, clip: float) -> pl.LazyFrame:
+    """Per-day robust z of ``cols``: median / 1.4826*MAD over the day's usable rows, clipped.
+
+    Per-day statistics come from ``group_by("Date")`` on plain columns + join (window or agg
+    expressions over computed inputs take polars' per-group slow path: ~100x slower here).
+    """
+    # only plain column aggregations inside group_by: an expression such as (x - m).abs() inside
+    # agg() is evaluated group by group (slow path)
+    u = lf.filter(usable).select("Date", *cols)
+    med = u.group_by("Date").agg(
+        [pl.col(c).median().alias(f"_med_{c}") for c in cols]
+        + [pl.col(c).std().alias(f"_std_{c}") for c in cols]
     )
+    absdev = u.join(med, on="Date", how="left").select(
+        "Date", *[(pl.col(c) - pl.col(f"_med_{c}")).abs().alias(c) for c in cols]
+    )
+    dev = absdev.group_by("Date").agg([(pl.col(c).median() * MAD_SCALE).alias(f"_mad_{c}") for c in cols])
+    lf = lf.join(med, on="Date", how="left", maintain_order="left").join(
+        dev, on="Date", how="left", maintain_order="left"
+    )
+    out = []
+    for c in cols:
+        x, m, mad, sd = pl.col(c), pl.col(f"_med_{c}"), pl.col(f"_mad_{c}"), pl.col(f"_std_{c}")
+        # thresholds, not > 0: a constant column has a float-noise std of ~1e-17
+        scale = pl.when(mad > SCALE_EPS).then(mad).when(sd > SCALE_EPS).then(sd)
+        out.append(
+            pl.when(x.is_null()).then(None)
+            .when(scale.is_null()).then(0.0)
+            .otherwise(((x - m) / scale).clip(-clip, clip))
+            .alias(c)
+        )
+    drop = [f"_{k}_{c}" for k in ("med", "mad", "std") for c in cols]
+    return lf.with_columns(out).drop(drop)
 
 
 def build_features(
@@ -258,7 +279,7 @@ def build_features(
     usable = pl.col("history_days") >= fc.min_history
     # inf (e.g. a zero volume std) is not a value: null it before the z-score
     lf = lf.with_columns([pl.when(pl.col(f).is_finite()).then(pl.col(f)).alias(f) for f in FEATURE_COLUMNS])
-    lf = lf.with_columns([robust_z(f, usable, fc.clip) for f in FEATURE_COLUMNS])
+    lf = robust_z(lf, FEATURE_COLUMNS, usable, fc.clip)
     ycols = target_columns(fc.horizons)
     return (
         lf.select(
