@@ -214,6 +214,15 @@ class HPOConfig(_Section):
     storage: str = "sqlite:///var/hpo/optuna.db"
     study_name: str = "atft_hpo"
     epochs_scale: float = Field(1.0, gt=0.0)
+    # search space (atft_core.train.hpo.suggest)
+    lr_min: float = Field(1e-4, gt=0.0)
+    lr_max: float = Field(3e-3, gt=0.0)
+    hidden_sizes: tuple[int, ...] = (32, 64, 128)
+    dropout_max: float = Field(0.3, ge=0.0, lt=1.0)
+    loss_scale_max: float = Field(2.0, ge=0.0, description="x default rankic/cs_ic/sharpe weights")
+    # MedianPruner on the per-epoch monitor
+    pruner_startup_trials: int = Field(2, ge=0)
+    pruner_warmup_epochs: int = Field(1, ge=0)
 
 
 # --------------------------------------------------------------------------- gate / registry / metrics

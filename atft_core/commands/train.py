@@ -1,0 +1,113 @@
+"""`atft train`, `atft evaluate`, `atft hpo`: the phased trainer from the command line.
+
+    atft train [--config NAME] [--run-dir DIR] [--resume/--no-resume] [key=value ...]
+    atft evaluate (--run-dir DIR | --weights FILE --config NAME) [--window holdout|val|START:END]
+    atft hpo [--config NAME] [--trials N] [--study NAME] [--storage URL] [key=value ...]
+
+Data always comes from cfg.data (synthetic market, or a parquet source in [start, end]).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+
+def register(sub) -> None:
+    from atft_core.cli import add_config_args
+
+    p = sub.add_parser("train", help="train a candidate (phased trainer, resumable)")
+    add_config_args(p)
+    p.add_argument("--run-dir", default=None, help="output dir (default: {run_root}/{config sha[:12]})")
+    p.add_argument("--resume", dest="resume", action="store_true", default=True,
+                   help="continue from the run dir's last checkpoint (default)")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="start from scratch")
+    p.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="evaluate saved weights on a window -> metrics JSON")
+    add_config_args(e)
+    e.add_argument("--run-dir", default=None, help="run dir with model.safetensors + config.yaml")
+    e.add_argument("--weights", default=None, help="a safetensors file (with --config)")
+    e.add_argument("--window", default="holdout", help="holdout | val | START:END (ISO dates)")
+    e.add_argument("--out", default=None, help="write the metrics JSON here (default: stdout)")
+    e.add_argument("--predictions", default=None, help="also write the predictions parquet here")
+    e.set_defaults(func=_evaluate)
+
+    h = sub.add_parser("hpo", help="Optuna TPE + median pruning over the same train loop")
+    add_config_args(h)
+    h.add_argument("--trials", type=int, default=None, help="trials to run now (default hpo.n_trials)")
+    h.add_argument("--study", default=None, help="study name (default hpo.study_name)")
+    h.add_argument("--storage", default=None, help="Optuna storage URL (default hpo.storage)")
+    h.set_defaults(func=_hpo)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def _train(args) -> int:
+    from pathlib import Path
+
+    from atft_core.config import load_config
+    from atft_core.train.api import load_features, train_run
+
+    _logging()
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run_root) / cfg.sha256()[:12]
+    feats = load_features(cfg)
+    res = train_run(cfg, feats, run_dir, resume=args.resume)
+    hold = {k: v for k, v in res.holdout_metrics.items() if not isinstance(v, dict | list)}
+    print(json.dumps({"run_dir": str(run_dir), "best": res.best.get("value"), "best_epoch": res.best.get("epoch"),
+                      "nan_steps": res.nan_steps, "resumed_from": res.resumed_from,
+                      "holdout": hold}, indent=2, default=str))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from pathlib import Path
+
+    from atft_core.config import config_from_yaml_text, load_config
+    from atft_core.train.api import evaluate_checkpoint, load_features
+
+    _logging()
+    if bool(args.run_dir) == bool(args.weights):
+        print("atft evaluate: give exactly one of --run-dir or --weights", file=sys.stderr)
+        return 2
+    if args.run_dir:
+        model_cfg = config_from_yaml_text((Path(args.run_dir) / "config.yaml").read_text())
+        target = args.run_dir
+    else:
+        model_cfg = load_config(args.config, args.overrides)
+        target = args.weights
+    # the data window: the run's own config unless overrides/--config say otherwise
+    data_cfg = load_config(args.config, args.overrides) if (args.overrides or args.config != "default") else model_cfg
+    feats = load_features(data_cfg)
+    out = evaluate_checkpoint(target, feats, window=args.window, cfg=model_cfg, split_cfg=data_cfg,
+                              predictions_path=args.predictions)
+    text = json.dumps(out, indent=2, default=str)
+    if args.out:
+        from atft_core.train.checkpoint import atomic_write_text
+
+        atomic_write_text(args.out, text)
+    else:
+        print(text)
+    return 0
+
+
+def _hpo(args) -> int:
+    from atft_core.config import load_config
+    from atft_core.train import hpo
+    from atft_core.train.api import load_features
+
+    _logging()
+    cfg = load_config(args.config, args.overrides)
+    storage = args.storage or cfg.hpo.storage
+    study = hpo.create_study(cfg, study_name=args.study, storage=storage)
+    feats = load_features(cfg)
+    for _ in range(args.trials or cfg.hpo.n_trials):
+        r = hpo.run_trial(cfg, feats, study_name=study.study_name, storage=storage)
+        print(json.dumps(r, default=str))
+    print(json.dumps(hpo.summarise(study.study_name, storage), indent=2, default=str))
+    return 0

@@ -1,0 +1,306 @@
+"""Training and evaluation entry points used by the CLI, the Airflow tasks and HPO.
+
+``train_run(cfg, features_or_panel, run_dir)`` is the whole candidate run: panel -> splits ->
+loaders -> model -> :class:`~atft_core.train.loop.Trainer` -> best weights evaluated on val and
+holdout with :func:`atft_core.evaluate.evaluate_predictions` -> ``metrics.json`` + report.
+
+Decisions (SPEC is silent):
+* "Best" is global over all phases on ``early_stopping.monitor`` (default ``val/rank_ic_5d``). The
+  blocks that were on at that epoch are stored in the safetensors metadata and re-applied by
+  :func:`load_model`, so a best epoch from phase 1 is served without the graph it never used.
+* :func:`evaluate_run_dir` builds the panel with the *run's* config (its features/lookback/graph)
+  but takes the window from ``split_cfg`` (the current pipeline config), so a candidate and a
+  champion are scored on the same dates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atft_core.config import Blocks, Config, config_from_yaml_text
+from atft_core.train.checkpoint import atomic_write_text, load_weights
+from atft_core.train.loop import EpochHook, FitResult, Trainer, resolve_device
+from atft_core.train.predict import Predictions, predict_loader, quick_metrics
+
+log = logging.getLogger("atft.train")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train_run`.
+
+    Fields:
+        run_dir, weights_path (best weights, safetensors), metrics_path (metrics.json).
+        best_value: best ``early_stopping.monitor`` value; best: {phase, epoch, blocks, val...}.
+        best_metrics: full evaluation of the best weights on the val window.
+        holdout_metrics: full evaluation of the best weights on the holdout window.
+        history: per-epoch records (as in metrics.jsonl).
+        nan_steps, nan_restores: NaN guard counters; resumed_from: checkpoint path or None.
+    """
+
+    run_dir: Path
+    weights_path: Path
+    metrics_path: Path
+    best_value: float
+    best: dict[str, Any]
+    best_metrics: dict[str, Any]
+    holdout_metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    nan_steps: int
+    nan_restores: int
+    global_step: int
+    resumed_from: str | None
+    train_seconds: float
+
+
+# --------------------------------------------------------------------------- data
+def load_features(cfg: Config):
+    """cfg.data -> features frame: the synthetic market, or a parquet source in [start, end]."""
+    from atft_core.features import build_features
+
+    if cfg.data.source is None:
+        from atft_core.data.synthetic import generate_market
+
+        quotes = generate_market(cfg.data.synthetic, tuple(cfg.horizons)).quotes
+    else:
+        from atft_core.data.store import scan_store
+
+        quotes = scan_store(cfg.data.source, start=cfg.data.start, end=cfg.data.end)
+    return build_features(quotes, cfg)
+
+
+def as_panel(data: Any, cfg: Config):
+    """A Panel as is, or a features frame (pl.DataFrame) built into one with ``cfg``."""
+    from atft_core.dataset import Panel, build_panel
+
+    if isinstance(data, Panel):
+        if tuple(data.horizons) != tuple(cfg.horizons):
+            raise ValueError(f"panel horizons {data.horizons} != config horizons {cfg.horizons}")
+        return data
+    return build_panel(data, cfg)
+
+
+def build_model(cfg: Config, n_features: int) -> torch.nn.Module:
+    from atft_core.model import ATFTGATFAN
+
+    torch.manual_seed(cfg.train.seed)  # initial weights are part of the seeded run
+    return ATFTGATFAN(cfg.model, n_features, tuple(cfg.horizons))
+
+
+def _loaders(panel, splits, cfg: Config):
+    from atft_core.dataset import DayBatchLoader
+
+    if not splits.train or not splits.val:
+        raise ValueError(f"empty split: train {len(splits.train)} days, val {len(splits.val)} days")
+    train = DayBatchLoader(panel, splits.train, cfg, shuffle=True, seed=cfg.train.seed)
+    val = DayBatchLoader(panel, splits.val, cfg, shuffle=False)
+    return train, val
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate_frame(preds: Predictions) -> dict[str, Any]:
+    """The contract metrics of a predictions window (atft_core.evaluate.evaluate_predictions)."""
+    from atft_core.evaluate import evaluate_predictions
+
+    return evaluate_predictions(preds.frame(), tuple(preds.horizons))
+
+
+def load_model(weights: str | Path, cfg: Config | None = None) -> tuple[torch.nn.Module, Config, dict]:
+    """Model from ``model.safetensors`` (a file, or a run dir holding it + config.yaml).
+
+    The blocks active at the best epoch (safetensors metadata) are switched on. Returns
+    (model in eval mode on CPU, config, metadata)."""
+    path = Path(weights)
+    if path.is_dir():
+        if cfg is None:
+            cfg_file = path / "config.yaml"
+            if not cfg_file.exists():
+                raise FileNotFoundError(f"{cfg_file} missing: pass the config explicitly")
+            cfg = config_from_yaml_text(cfg_file.read_text())
+        path = path / "model.safetensors"
+    if cfg is None:
+        raise ValueError("a weights file needs its config (cfg=...) or a run dir with config.yaml")
+    state, meta = load_weights(path)
+    from atft_core.features import FEATURE_COLUMNS
+
+    model = build_model(cfg, len(FEATURE_COLUMNS))
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatch: other features / hidden size
+        raise ValueError(f"{path} does not match the config's model: {str(err)[:300]}") from None
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the config's model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    if "blocks" in meta:
+        model.set_blocks(Blocks(**meta["blocks"]))
+    model.eval()
+    return model, cfg, meta
+
+
+def window_dates(panel, cfg: Config, window: str) -> list[dt.date]:
+    """'holdout' | 'val' | 'train' | 'START:END' (inclusive ISO dates) -> panel dates."""
+    from atft_core.dataset import make_splits
+
+    if ":" in window:
+        a, b = window.split(":", 1)
+        try:
+            start, end = dt.date.fromisoformat(a), dt.date.fromisoformat(b)
+        except ValueError:
+            raise ValueError(f"window {window!r} is not START:END with ISO dates") from None
+        out = [d for d in panel.dates if start <= d <= end]
+        if not out:
+            raise ValueError(f"window {window}: no panel dates inside")
+        return out
+    splits = make_splits(list(panel.dates), cfg)
+    if window not in ("holdout", "val", "train"):
+        raise ValueError(f"window must be holdout, val, train or START:END, got {window!r}")
+    return list(getattr(splits, window))
+
+
+def predict_window(model: torch.nn.Module, panel, model_cfg: Config, dates: Sequence[dt.date],
+                   device: str | torch.device = "cpu") -> Predictions:
+    from atft_core.dataset import DayBatchLoader
+
+    loader = DayBatchLoader(panel, dates, model_cfg, shuffle=False)
+    if len(loader) == 0:
+        raise ValueError("window has no usable days")
+    precision = model_cfg.train.precision
+    return predict_loader(model.to(device), loader, tuple(model_cfg.horizons), device, precision)
+
+
+def evaluate_checkpoint(weights: str | Path, data: Any, window: str = "holdout",
+                        cfg: Config | None = None, split_cfg: Config | None = None,
+                        predictions_path: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate saved weights on a window of ``data`` (features frame or Panel).
+
+    Args:
+        weights: run dir (model.safetensors + config.yaml) or a safetensors file (needs ``cfg``).
+        window: 'holdout' | 'val' | 'START:END'; splits use ``split_cfg`` (default: the run's).
+        predictions_path: optional parquet path for the predictions frame.
+    Returns the evaluate_predictions dict plus ``window`` {start, end, n_days}."""
+    model, model_cfg, meta = load_model(weights, cfg)
+    panel = as_panel(data, model_cfg)
+    dates = window_dates(panel, split_cfg or model_cfg, window)
+    device = resolve_device(model_cfg.train.device)
+    preds = predict_window(model, panel, model_cfg, dates, device)
+    if predictions_path is not None:
+        preds.frame().write_parquet(predictions_path)
+    out = evaluate_frame(preds)
+    out["window"] = {"name": window, "start": str(dates[0]), "end": str(dates[-1]), "n_days": len(dates)}
+    out["weights_meta"] = {k: meta[k] for k in ("phase", "epoch", "blocks") if k in meta}
+    return out
+
+
+def evaluate_run_dir(run_dir: str | Path, data: Any, window: str = "holdout",
+                     split_cfg: Config | None = None) -> dict[str, Any]:
+    """:func:`evaluate_checkpoint` of a run dir (the pipeline's candidate/champion scoring)."""
+    return evaluate_checkpoint(run_dir, data, window=window, split_cfg=split_cfg)
+
+
+# --------------------------------------------------------------------------- train
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item"):
+        return _json_safe(obj.item())
+    return obj
+
+
+def train_run(
+    cfg: Config,
+    data: Any,
+    run_dir: str | Path,
+    resume: bool = True,
+    on_epoch_end: EpochHook | None = None,
+    *,
+    epochs_scale: float = 1.0,
+    prune_hook: Callable[[int, float], None] | None = None,
+    evaluate_holdout: bool = True,
+    write_report: bool = True,
+) -> TrainResult:
+    """Train a candidate in ``run_dir`` (resuming its last checkpoint when ``resume``).
+
+    Args:
+        cfg: the full config (saved as run_dir/config.yaml).
+        data: features frame (``build_features`` output) or a built Panel.
+        on_epoch_end: called with every epoch's record (keys as in metrics.jsonl).
+        epochs_scale, prune_hook: HPO (shorter phases; Optuna pruning).
+        evaluate_holdout: score the best weights on the holdout window (HPO skips it).
+    Outputs in run_dir: model.safetensors, config.yaml, metrics.jsonl, metrics.json, report.md,
+    *.png, checkpoints/.
+    """
+    from atft_core.dataset import make_splits
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    panel = as_panel(data, cfg)
+    splits = make_splits(list(panel.dates), cfg)
+    train_loader, val_loader = _loaders(panel, splits, cfg)
+    model = build_model(cfg, len(panel.feature_names))
+    trainer = Trainer(cfg, model, train_loader, val_loader, run_dir, on_epoch_end=on_epoch_end,
+                      epochs_scale=epochs_scale, prune_hook=prune_hook)
+    fit: FitResult = trainer.fit(resume=resume)
+    train_seconds = time.perf_counter() - t0
+
+    best_model, _, _ = load_model(run_dir, cfg)
+    device = trainer.device
+    val_preds = predict_window(best_model, panel, cfg, splits.val, device)
+    best_metrics = evaluate_frame(val_preds)
+    holdout: dict[str, Any] = {}
+    hold_preds = None
+    if evaluate_holdout and splits.holdout:
+        hold_preds = predict_window(best_model, panel, cfg, splits.holdout, device)
+        holdout = evaluate_frame(hold_preds)
+    summary = {
+        "run_dir": str(run_dir),
+        "config_sha256": cfg.sha256(),
+        "monitor": cfg.train.early_stopping.monitor,
+        "best_value": fit.best_value,
+        "best": fit.best,
+        "val": best_metrics,
+        "holdout": holdout,
+        "splits": {k: {"start": str(v[0]), "end": str(v[-1]), "n_days": len(v)} if v else None
+                   for k, v in (("train", splits.train), ("val", splits.val), ("holdout", splits.holdout))},
+        "nan_steps": fit.nan_steps,
+        "nan_restores": fit.nan_restores,
+        "epochs": len(fit.history),
+        "global_step": fit.global_step,
+        "samples_per_s_mean": (sum(r["stock_days"] for r in fit.history)
+                               / max(sum(r["train_time_s"] for r in fit.history), 1e-9)),
+        "resumed_from": fit.resumed_from,
+        "compile_failed": trainer.state.compile_failed,
+    }
+    metrics_path = atomic_write_text(run_dir / "metrics.json",
+                                     json.dumps(_json_safe(summary), indent=2, sort_keys=False))
+    if write_report:
+        from atft_core.train.report import write_report as _write_report
+
+        _write_report(run_dir, fit.history, best_metrics, holdout, fit.best, cfg)
+    return TrainResult(
+        run_dir=run_dir, weights_path=fit.weights_path, metrics_path=metrics_path,
+        best_value=fit.best_value, best=fit.best, best_metrics=best_metrics, holdout_metrics=holdout,
+        history=fit.history, nan_steps=fit.nan_steps, nan_restores=fit.nan_restores,
+        global_step=fit.global_step, resumed_from=fit.resumed_from, train_seconds=train_seconds,
+    )
+
+
+__all__ = [
+    "TrainResult", "train_run", "evaluate_checkpoint", "evaluate_run_dir", "load_model",
+    "load_features", "as_panel", "build_model", "window_dates", "predict_window", "quick_metrics",
+]
