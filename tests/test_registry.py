@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import pickle
 import threading
 from pathlib import Path
@@ -590,3 +591,42 @@ def test_concurrent_publishers_of_the_same_run_agree(reg, tmp_path):
     assert sum(not r.already_published for r in results) == 1  # one manifest write won
     assert len({r.manifest_sha256 for r in results}) == 1
     assert reg.load_run("same").manifest_sha256 == results[0].manifest_sha256
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_s3_server_stopped_mid_publish_then_retry(s3_env, tmp_path):
+    """A real outage: the server process is frozen (SIGSTOP) after the first uploads."""
+    import signal
+
+    from atft_core.registry.locals3 import local_s3_process
+
+    with local_s3_process() as (url, proc):
+        boto3.client("s3", endpoint_url=url).create_bucket(Bucket="outage")
+        reg = Registry("s3://outage/r", endpoint_url=url, read_timeout_s=1.0,
+                       connect_timeout_s=1.0, max_attempts=2)
+        _publish(reg, tmp_path, "A")
+        reg.promote("A", reason="r", actor="t")
+        before = reg.get_alias()
+        run = make_run_dir(tmp_path / "new", "B", seed=5)
+        puts = {"n": 0}
+
+        def freeze_after_two(request, **_):
+            puts["n"] += 1
+            if puts["n"] == 3:
+                os.kill(proc.pid, signal.SIGSTOP)
+
+        events = reg.store.client.meta.events
+        events.register("before-send.s3.PutObject", freeze_after_two)
+        try:
+            with pytest.raises(Exception) as err:  # noqa: PT011 -- botocore timeout types vary
+                reg.publish(run)
+            assert "timeout" in type(err.value).__name__.lower() or "timed out" in str(err.value)
+        finally:
+            events.unregister("before-send.s3.PutObject", freeze_after_two)
+            os.kill(proc.pid, signal.SIGCONT)
+        assert "runs/B/manifest.json" not in all_keys(reg)
+        assert reg.get_alias() == before
+        res = reg.publish(run)  # server back: the retry completes
+        assert not res.already_published and res.reused
+        assert reg.load_run("B").state_dict()["b"][0].item() == 5.0

@@ -47,7 +47,7 @@ def register(sub) -> None:
     q.add_argument("--alias", default="champion")
 
     q = common(ops.add_parser("verify", help="download and check every file of a run"))
-    q.add_argument("target", help="run id, or an alias name prefixed by nothing: 'champion'")
+    q.add_argument("target", help="run id, or an alias name such as 'champion'")
     q.add_argument("--alias-target", action="store_true",
                    help="treat TARGET as an alias even if a run has that name")
 
@@ -122,6 +122,11 @@ def _dispatch(args, ANY) -> dict:
             rec = reg.get_alias(args.target)
         if rec is not None:
             m = reg.verify_run(rec.run_id, rec.manifest_sha256)
+        elif args.alias_target or not _is_published(reg, args.target):
+            from atft_core.registry import NotFoundError
+
+            raise NotFoundError(f"{args.target!r} is neither a published run nor a set alias "
+                                f"in {reg.uri}")
         else:
             m = reg.verify_run(args.target)
         return {"run_id": m.run_id, "verified_files": [f.name for f in m.files], "ok": True}

@@ -54,6 +54,13 @@ def serve(port: int = 0, serialize: bool = True) -> None:
 @contextlib.contextmanager
 def local_s3_server(serialize: bool = True) -> Iterator[str]:
     """Start the server as a subprocess; yield its endpoint URL; stop it by PID."""
+    with local_s3_process(serialize) as (url, _proc):
+        yield url
+
+
+@contextlib.contextmanager
+def local_s3_process(serialize: bool = True) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Like :func:`local_s3_server` but also yields the process (to pause/kill it in tests)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "atft_core.registry.locals3"] + ([] if serialize else ["--no-serialize"]),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -61,8 +68,10 @@ def local_s3_server(serialize: bool = True) -> Iterator[str]:
     )
     try:
         port = _read_port(proc)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)  # in case a test left it paused
         proc.terminate()
         try:
             proc.wait(timeout=10)

@@ -371,11 +371,14 @@ class S3Store:
         endpoint_url: overrides :func:`resolve_s3_settings`.
         multipart_threshold_mb / multipart_chunksize_mb / max_concurrency: transfer manager.
         checksum_algorithm: S3 integrity checksum sent with every upload ("SHA256" or "CRC32").
+        connect_timeout_s / read_timeout_s / max_attempts: botocore timeouts and retries.
     """
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  multipart_threshold_mb: int = 8, multipart_chunksize_mb: int = 8,
-                 max_concurrency: int = 4, checksum_algorithm: str = "SHA256") -> None:
+                 max_concurrency: int = 4, checksum_algorithm: str = "SHA256",
+                 connect_timeout_s: float = 10.0, read_timeout_s: float = 60.0,
+                 max_attempts: int = 4) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config as BotoConfig
@@ -388,7 +391,9 @@ class S3Store:
         self.settings = resolve_s3_settings(endpoint_url)
         kwargs = {k: v for k, v in self.settings.items() if k != "source" and v is not None}
         boto_cfg = BotoConfig(
-            retries={"max_attempts": 4, "mode": "standard"},
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=connect_timeout_s,
+            read_timeout=read_timeout_s,
             s3={"addressing_style": "path"} if kwargs.get("endpoint_url") else {},
             max_pool_connections=max(10, max_concurrency * 2),
         )
