@@ -312,3 +312,30 @@ def test_cli_store_csv_and_data_docs(clean, tmp_path, capsys):
     assert d["success"] is False and d["rows"] == clean.height + 1
     assert {c["name"]: c["status"] for c in d["checks"]}["unique_keys"] == "fail"
     assert (docs / "index.html").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp sites left
+
+
+def test_suite_file_is_consistent_with_python():
+    """include/gx/atft_quotes.json: unique check names, known severities, every $PARAMETER
+    supplied by suite_parameters, and every expectation builds as a GX 1.x expectation."""
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    from atft_core.validation.derive import derive
+    from atft_core.validation.suite import load_suite_spec, resolved_expectations, suite_parameters
+
+    spec = load_suite_spec()
+    names = [e["meta"]["check"] for e in spec["expectations"]]
+    assert len(names) == len(set(names))
+    assert {e["meta"]["severity"] for e in spec["expectations"]} == {"fatal", "warning"}
+    df = make_quotes(n_codes=5, n_days=3).with_columns(pl.lit("0050").alias("Sector33Code"),
+                                                       pl.lit(1.0).alias("AdjustmentFactor"),
+                                                       pl.lit(1.0).alias("TurnoverValue"))
+    d = derive(df, CFG, last_day(df))
+    exps = resolved_expectations(suite_parameters(CFG, d), True, True, d.frame.columns)
+    assert [e["meta"]["check"] for e in exps] == names  # everything applies to a full frame
+    assert "$PARAMETER" not in repr(exps)
+    for e in exps:
+        ExpectationConfiguration(**e).to_domain_obj()  # raises on unknown type / bad kwargs
+    bounded = next(e for e in exps if e["meta"]["check"] == "daily_return_bounded")
+    assert bounded["kwargs"]["max_value"] == CFG.max_abs_daily_return
+    assert bounded["kwargs"]["mostly"] == pytest.approx(1 - CFG.max_bad_tick_fraction)
