@@ -180,8 +180,12 @@ def test_stale_file_missing_latest_day(clean):
     rep2 = validate_quotes(clean, CFG.model_copy(update={"require_fresh": False}), as_of=as_of)
     assert rep2.success and "fresh" not in statuses(rep2)
     # rows after the latest expected day are fatal (as_of before the last date)
-    rep3 = rejected(clean, CFG, as_of=cal.add_trading_days(last, -2))
+    early = cal.add_trading_days(last, -2)
+    rep3 = rejected(clean, CFG, as_of=early)
     assert rep3.check("not_in_future").unexpected_count == 2 * 20
+    # a backfill validates its window only: end=as_of drops the later days first
+    rep4 = validate_quotes(clean, CFG, as_of=early, start=clean["Date"].min(), end=early.isoformat())
+    assert rep4.success and rep4.rows == clean.height - 2 * 20 and rep4.last_date == early
 
 
 def test_holiday_date_is_fatal(clean):

@@ -20,6 +20,8 @@ def register(sub) -> None:
                    help="run date for the freshness check (default: today in Asia/Tokyo)")
     p.add_argument("--docs", default=None, metavar="DIR",
                    help="Data Docs folder (default: validation.docs_dir, var/validation/docs)")
+    p.add_argument("--start", default=None, metavar="YYYY-MM-DD", help="validate Date >= start only")
+    p.add_argument("--end", default=None, metavar="YYYY-MM-DD", help="validate Date <= end only")
     p.add_argument("--json", dest="json_out", default=None, metavar="FILE",
                    help="also write the report as JSON")
     add_config_args(p)
@@ -50,7 +52,8 @@ def _validate(args) -> int:
         return 2
     docs = Path(args.docs or cfg.validation.docs_dir)
     try:
-        report = validate_quotes(args.path, cfg.validation, as_of=as_of, docs_dir=docs)
+        report = validate_quotes(args.path, cfg.validation, as_of=as_of, docs_dir=docs,
+                                 start=args.start, end=args.end)
     except UnreadableInputError as err:
         print(f"atft validate: {err}", file=sys.stderr)
         return 2

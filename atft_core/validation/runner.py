@@ -224,11 +224,28 @@ def _check_result(r, d: Derived, cfg, as_of) -> CheckResult:
     )
 
 
+def _window(df: pl.DataFrame, label: str, start, end) -> tuple[pl.DataFrame, str]:
+    """Keep start <= Date <= end (inclusive, ISO strings or dates) when Date is a date column."""
+    if start is None and end is None:
+        return df, label
+    if df.schema.get("Date") != pl.Date:
+        return df, label  # the dtype check fails and names the problem
+    lo = dt.date.fromisoformat(str(start)) if start is not None else None
+    hi = dt.date.fromisoformat(str(end)) if end is not None else None
+    if lo is not None:
+        df = df.filter(pl.col("Date") >= lo)
+    if hi is not None:
+        df = df.filter(pl.col("Date") <= hi)
+    return df, f"{label} [{lo or ''}..{hi or ''}]"
+
+
 def validate_quotes(
     source: str | Path | pl.DataFrame,
     cfg=None,
     as_of: dt.date | None = None,
     docs_dir: Path | str | None = None,
+    start: dt.date | str | None = None,
+    end: dt.date | str | None = None,
 ) -> ValidationReport:
     """Validate raw daily quotes (SPEC 3.1) with the GX suite in include/gx/.
 
@@ -238,6 +255,9 @@ def validate_quotes(
         cfg: ValidationConfig (default: the typed defaults).
         as_of: the run date; enables the freshness checks (None: not checked).
         docs_dir: where the Data Docs site goes (``index.html``); None: no Data Docs.
+        start, end: optional inclusive Date window validated (the training window of a run;
+            pass ``end`` for a backfill whose store already holds later days, otherwise those
+            rows fail ``not_in_future``).
 
     Returns:
         ValidationReport (``success`` False when any fatal check failed).
@@ -250,6 +270,7 @@ def validate_quotes(
     cfg = cfg or ValidationConfig()
     t0 = time.perf_counter()
     df, label = read_quotes(source)
+    df, label = _window(df, label, start, end)
     d = derive(df, cfg, as_of)
     exps = resolved_expectations(suite_parameters(cfg, d), has_as_of=as_of is not None,
                                  require_fresh=cfg.require_fresh, columns=d.frame.columns)
@@ -274,11 +295,13 @@ def ensure_valid(
     cfg=None,
     as_of: dt.date | None = None,
     docs_dir: Path | str | None = None,
+    start: dt.date | str | None = None,
+    end: dt.date | str | None = None,
 ) -> ValidationReport:
     """:func:`validate_quotes`, raising :class:`DataValidationError` (message = the readable
     report) when a fatal check fails, so nothing downstream runs. Returns the report on success
     (warnings and ``bad_ticks`` included)."""
-    report = validate_quotes(source, cfg, as_of, docs_dir)
+    report = validate_quotes(source, cfg, as_of, docs_dir, start=start, end=end)
     if not report.success:
         raise DataValidationError(report)
     return report
