@@ -275,23 +275,28 @@ def build_features(
     lf = _per_stock(lf)
     lf = _cross_section(lf)
     lf = _targets(lf, fc.horizons)
-    lf = lf.filter(pl.col("present")).with_columns(pl.col("ret_1d").alias("ret_1d_raw"))
-    usable = pl.col("history_days") >= fc.min_history
-    # inf (e.g. a zero volume std) is not a value: null it before the z-score
-    lf = lf.with_columns([pl.when(pl.col(f).is_finite()).then(pl.col(f)).alias(f) for f in FEATURE_COLUMNS])
-    lf = robust_z(lf, FEATURE_COLUMNS, usable, fc.clip)
     ycols = target_columns(fc.horizons)
-    return (
-        lf.select(
+    # materialise the per-stock part once (the z-score step reads it several times; a lazy plan
+    # would recompute the rolling windows for each read) with only the columns still needed
+    raw = (
+        lf.filter(pl.col("present"))
+        .select(
             "Date",
             "Code",
             "Sector33Code",
-            *[pl.col(f).cast(pl.Float32) for f in FEATURE_COLUMNS],
+            # inf (e.g. a zero volume std) is not a value: null it before the z-score
+            *[pl.when(pl.col(f).is_finite()).then(pl.col(f)).alias(f) for f in FEATURE_COLUMNS],
             *ycols,
             pl.col("history_days").cast(pl.Int32),
-            pl.col("ret_1d_raw").cast(pl.Float32),
+            pl.col("ret_1d").cast(pl.Float32).alias("ret_1d_raw"),
         )
         .sort("Date", "Code")
+        .collect()
+    )
+    usable = pl.col("history_days") >= fc.min_history
+    return (
+        robust_z(raw.lazy(), FEATURE_COLUMNS, usable, fc.clip)
+        .with_columns([pl.col(f).cast(pl.Float32) for f in FEATURE_COLUMNS])
         .collect()
     )
 
