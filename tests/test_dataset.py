@@ -195,8 +195,11 @@ def test_batch_graph_in_day_node_order(panel):
         sel = day[b.edge_index[0]] == k
         assert torch.equal(b.edge_index[:, sel] - ptr[k], ref_ei)
         assert torch.equal(b.edge_attr[sel], ref_ea)
-    # second epoch comes from the cache and is identical
-    b2 = next(iter(dl))
+    # second epoch / another loader on the same panel read the cache and get identical graphs
+    cached = len(panel.graph_cache)
+    assert cached >= len(b.dates)
+    b2 = next(iter(DayBatchLoader(panel, panel.usable_dates()[30:38], CFG)))
+    assert len(panel.graph_cache) == cached
     assert torch.equal(b.edge_index, b2.edge_index) and torch.equal(b.edge_attr, b2.edge_attr)
 
 
