@@ -1,0 +1,143 @@
+"""`atft bench train`: stock-days/s of full training steps (data loading included) with the
+DayBatchLoader path vs a naive per-sample ``torch.utils.data.Dataset`` (one stock-day per
+``__getitem__``, collated into day batches, day graphs rebuilt per batch) over the same model,
+loss and optimizer. Prints both figures and their ratio; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _bench_subparsers(sub) -> argparse._SubParsersAction:
+    """The shared ``atft bench AREA`` group (created by whichever bench module registers first)."""
+    bench = sub.choices.get("bench")
+    if bench is None:
+        bench = sub.add_parser("bench", help="benchmarks that print figures (no timed asserts)")
+    for action in bench._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return bench.add_subparsers(dest="bench_area", metavar="AREA")
+
+
+def register(sub) -> None:
+    from atft_core.cli import add_config_args
+
+    p = _bench_subparsers(sub).add_parser("train", help="training throughput vs a naive per-sample loader")
+    add_config_args(p)
+    p.add_argument("--batches", type=int, default=8, help="timed training steps per path")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.set_defaults(func=_run)
+
+
+def naive_loader(panel, dates, cfg):
+    """The per-sample baseline: a map-style Dataset of stock-days and a day-grouping sampler."""
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from atft_core.batch import DayBatch
+    from atft_core.dataset import day_graph
+
+    lookback = cfg.dataset.lookback
+    t_days = [int(t) for t in panel.date_index(dates)]
+    items, day_rows = [], []
+    for t in t_days:
+        stocks = torch.nonzero(panel.usable[:, t]).squeeze(1).tolist()
+        if len(stocks) < 2:
+            continue
+        day_rows.append(list(range(len(items), len(items) + len(stocks))))
+        items += [(s, t) for s in stocks]
+
+    class StockDays(Dataset):
+        def __len__(self):
+            return len(items)
+
+        def __getitem__(self, i):
+            s, t = items[i]
+            x = panel.x[s, max(0, t - lookback + 1): t + 1]  # (<=L, F)
+            if x.shape[0] < lookback:
+                x = torch.cat([x.new_zeros(lookback - x.shape[0], x.shape[1]), x])
+            return {"s": s, "t": t, "x": x, "y": panel.y[s, t], "y_raw": panel.y_raw[s, t],
+                    "mask": panel.mask[s, t]}
+
+    k = cfg.dataset.days_per_batch
+    batches = [sum(day_rows[i:i + k], []) for i in range(0, len(day_rows), k)]
+
+    def collate(rows):
+        days: dict[int, list] = {}
+        for r in rows:
+            days.setdefault(r["t"], []).append(r)
+        xs, ys, yr, ms, eis, eas, ptr, dts, codes = [], [], [], [], [], [], [0], [], []
+        for t, rs in sorted(days.items()):
+            stocks = torch.tensor([r["s"] for r in rs])
+            ei, ea = day_graph(panel, stocks, t, cfg.graph)
+            eis.append(ei + ptr[-1])
+            eas.append(ea)
+            xs += [r["x"] for r in rs]
+            ys += [r["y"] for r in rs]
+            yr += [r["y_raw"] for r in rs]
+            ms += [r["mask"] for r in rs]
+            ptr.append(ptr[-1] + len(rs))
+            dts.append(panel.dates[t])
+            codes += [panel.codes[r["s"]] for r in rs]
+        import numpy as np
+
+        return DayBatch(x=torch.stack(xs), y=torch.stack(ys), y_raw=torch.stack(yr), mask=torch.stack(ms),
+                        edge_index=torch.cat(eis, 1), edge_attr=torch.cat(eas), day_ptr=torch.tensor(ptr),
+                        dates=dts, codes=np.asarray(codes))
+
+    return DataLoader(StockDays(), batch_sampler=batches, collate_fn=collate, num_workers=0)
+
+
+def _run(args) -> int:
+    import time
+
+    import torch
+
+    from atft_core.config import load_config
+    from atft_core.dataset import DayBatchLoader, make_splits
+    from atft_core.losses import compute_loss
+    from atft_core.train.api import as_panel, build_model, load_features
+    from atft_core.train.predict import autocast_ctx
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.overrides)
+    panel = as_panel(load_features(cfg), cfg)
+    dates = make_splits(list(panel.dates), cfg).train
+    phase = cfg.train.phases[-1]  # all blocks on, every loss term
+    device = torch.device("cpu")
+
+    def measure(loader, n: int) -> tuple[float, int]:
+        torch.manual_seed(0)
+        model = build_model(cfg, len(panel.feature_names))
+        model.set_blocks(phase.blocks)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.optimizer.lr)
+        done, rows = 0, 0
+        t0 = time.perf_counter()
+        for batch in loader:  # data loading inside the timed region
+            with autocast_ctx(device, cfg.train.precision):
+                pred = model(batch.x, batch.edge_index, batch.edge_attr)
+            loss, _ = compute_loss(pred.float(), batch, phase.weights, cfg.loss, tuple(cfg.horizons))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            rows += batch.num_stock_days
+            done += 1
+            if done >= n:
+                break
+        return rows / (time.perf_counter() - t0), rows
+
+    ours_loader = DayBatchLoader(panel, dates, cfg, shuffle=False)
+    ours_cold, n1 = measure(ours_loader, args.batches)
+    ours_warm, _ = measure(ours_loader, args.batches)  # day graphs cached after the first pass
+    naive, n2 = measure(naive_loader(panel, dates, cfg), args.batches)
+    print(f"atft bench train: config={args.config} precision={cfg.train.precision} "
+          f"hidden={cfg.model.hidden_size} days/batch={cfg.dataset.days_per_batch} "
+          f"batches={args.batches} threads={torch.get_num_threads()}")
+    print(f"  DayBatchLoader, first pass : {ours_cold:10.1f} stock-days/s ({n1} stock-days)")
+    print(f"  DayBatchLoader, cached     : {ours_warm:10.1f} stock-days/s")
+    print(f"  naive per-sample Dataset   : {naive:10.1f} stock-days/s ({n2} stock-days)")
+    print(f"  ratio (ours first pass / naive) = {ours_cold / naive:.2f}x; cached / naive = {ours_warm / naive:.2f}x")
+    return 0
