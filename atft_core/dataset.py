@@ -149,16 +149,33 @@ class Panel:
         return [d for d, c in zip(self.dates, counts) if c >= min_stocks]
 
 
+def average_ranks(y: np.ndarray) -> np.ndarray:
+    """1-based ranks along axis 0 with ties averaged (as scipy's rankdata 'average'); NaNs are
+    ranked after every number and must be masked by the caller. Vectorised over the other axes."""
+    n = y.shape[0]
+    order = np.argsort(y, axis=0, kind="stable")
+    s = np.take_along_axis(y, order, axis=0)
+    pos = np.arange(n).reshape((n,) + (1,) * (y.ndim - 1))
+    pos = np.broadcast_to(pos, y.shape)
+    differs = s[1:] != s[:-1]  # NaN != NaN: NaNs never tie
+    edge = np.ones((1,) + y.shape[1:], dtype=bool)
+    is_first = np.concatenate([edge, differs], axis=0)
+    is_last = np.concatenate([differs, edge], axis=0)
+    first = np.maximum.accumulate(np.where(is_first, pos, 0), axis=0)
+    last = np.flip(np.minimum.accumulate(np.flip(np.where(is_last, pos, n), 0), axis=0), 0)
+    ranks = np.empty(y.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=0)
+    return ranks
+
+
 def normalise_targets(y_raw: np.ndarray, mask: np.ndarray, how: str) -> np.ndarray:
     """Per-day (axis 0 = stocks) normalisation of (S, T, H) targets over ``mask``; 0 elsewhere."""
-    from scipy.special import ndtri
-    from scipy.stats import rankdata
-
     y = np.where(mask, y_raw, np.nan).astype(np.float64)
     n = mask.sum(0, keepdims=True)  # (1, T, H)
     if how == "rankgauss":
-        r = rankdata(y, axis=0, nan_policy="omit")  # average ranks, NaN stays NaN
-        out = ndtri((r - 0.5) / np.maximum(n, 1))
+        r = average_ranks(y)  # masked entries rank last and are zeroed below
+        u = np.where(mask, (r - 0.5) / np.maximum(n, 1), 0.5)
+        out = torch.special.ndtri(torch.from_numpy(u)).numpy()
     elif how == "zscore":
         y0 = np.nan_to_num(y, nan=0.0)
         cnt = np.maximum(n, 1)
@@ -181,17 +198,17 @@ def build_panel(features: pl.DataFrame, cfg: Config) -> Panel:
         raise ValueError(f"features frame lacks column(s) {missing}; build it with build_features")
     if features.is_empty():
         raise ValueError("features frame is empty")
-    if features.select(pl.struct("Date", "Code").is_duplicated().any()).item():
-        raise ValueError("features frame has duplicate (Date, Code) rows")
-
+    idx = features.select(
+        (pl.col("Date").rank("dense") - 1).alias("t"), (pl.col("Code").rank("dense") - 1).alias("s")
+    )
+    s_idx = idx.get_column("s").to_numpy().astype(np.int64)
+    t_idx = idx.get_column("t").to_numpy().astype(np.int64)
     dates = features.get_column("Date").unique().sort()
     codes = features.get_column("Code").unique().sort()
-    t_of = dates.to_frame().with_row_index("t")
-    s_of = codes.to_frame().with_row_index("s")
-    f = features.join(t_of, on="Date").join(s_of, on="Code")
-    s_idx = f.get_column("s").to_numpy().astype(np.int64)
-    t_idx = f.get_column("t").to_numpy().astype(np.int64)
     S, T, F, H = len(codes), len(dates), len(FEATURE_COLUMNS), len(cfg.horizons)
+    if np.bincount(s_idx * T + t_idx, minlength=S * T).max() > 1:
+        raise ValueError("features frame has duplicate (Date, Code) rows")
+    f = features
 
     x = np.zeros((S, T, F), dtype=np.float32)
     x[s_idx, t_idx] = np.nan_to_num(f.select(FEATURE_COLUMNS).to_numpy().astype(np.float32), nan=0.0)

@@ -239,3 +239,15 @@ def test_build_panel_errors(feats):
         build_panel(feats.drop("ret_5d"), CFG)
     with pytest.raises(ValueError, match="duplicate"):
         build_panel(pl.concat([feats, feats.head(1)]), CFG)
+
+
+def test_average_ranks_equal_scipy_with_ties_and_nans():
+    from atft_core.dataset import average_ranks
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, (50, 7, 3)).astype(float)  # many ties (e.g. unchanged prices)
+    np.testing.assert_array_equal(average_ranks(y), rankdata(y, axis=0))
+    y = rng.normal(size=(40, 9))
+    y[rng.random(y.shape) < 0.2] = np.nan
+    ok = np.isfinite(y)
+    np.testing.assert_allclose(average_ranks(y)[ok], rankdata(y, axis=0, nan_policy="omit")[ok])
