@@ -1,0 +1,181 @@
+"""`atft bench model`: forward+backward throughput (stock-days/s) and FLOP utilisation on CPU.
+
+A realistic day: N stocks (default 2,000), lookback L=20, F=25 features, a kNN graph (k=10) with
+``[rho, same_sector]`` edge features; the model from the config (hidden 256 by default). For
+every block set (all on / no GAT / no FAN / neither) and precision (fp32, bf16 autocast) it
+times forward+backward of the whole day plus a point loss, counts the model's FLOPs per
+stock-day with ``torch.utils.flop_counter.FlopCounterMode`` and compares the achieved FLOP/s with
+this machine's best measured dense matmul FLOP/s (fp32 or bf16, same run).
+
+FlopCounterMode sees matmuls, convolutions and attention kernels only; CPU LSTMs run as one fused
+kernel it does not see, so the LSTM's ``2 * 4H * (in + H)`` multiply-adds per step and layer (x3
+for forward+backward) are added analytically and shown separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _bench_subparsers(sub) -> argparse._SubParsersAction:
+    """The shared ``atft bench AREA`` group (created by whichever bench module registers first)."""
+    bench = sub.choices.get("bench")
+    if bench is None:
+        bench = sub.add_parser("bench", help="benchmarks that print figures (no timed asserts)")
+    for action in bench._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return bench.add_subparsers(dest="bench_area", metavar="AREA")
+
+
+def register(sub) -> None:
+    from atft_core.cli import add_config_args
+
+    p = _bench_subparsers(sub).add_parser("model", help="model forward+backward throughput and FLOPs")
+    add_config_args(p)
+    p.add_argument("--stocks", type=int, default=2000, help="stocks in the benchmark day")
+    p.add_argument("--lookback", type=int, default=20)
+    p.add_argument("--features", type=int, default=25)
+    p.add_argument("--knn", type=int, default=10, help="neighbours per stock in the day graph")
+    p.add_argument("--repeats", type=int, default=2, help="timed iterations per setting (best of)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--precisions", default=None,
+                   help="comma list of fp32,bf16 (default: bf16 only where the CPU has native bf16)")
+    p.set_defaults(func=_run)
+
+
+def _day(n: int, lookback: int, n_features: int, k: int, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, lookback, n_features, generator=g)  # (N, L, F)
+    returns = torch.randn(n, 60, generator=g) + torch.randn(n, 1, generator=g)  # (N, 60)
+    z = (returns - returns.mean(1, keepdim=True)) / returns.std(1, keepdim=True)
+    corr = z @ z.T / (z.shape[1] - 1)  # (N, N)
+    corr.fill_diagonal_(-2.0)
+    rho, nbr = corr.topk(k, dim=1)  # (N, k)
+    src = torch.arange(n).repeat_interleave(k)
+    edge_index = torch.stack([nbr.reshape(-1), src])  # messages flow neighbour -> stock
+    sector = torch.randint(0, 17, (n,), generator=g)
+    same = (sector[edge_index[0]] == sector[edge_index[1]]).float()
+    edge_attr = torch.stack([rho.reshape(-1), same], dim=1)  # (E, 2)
+    y = torch.randn(n, 4, generator=g)
+    return x, edge_index, edge_attr, y
+
+
+def _matmul_flops_per_s(dtype, size: int = 1024, repeats: int = 3) -> float:
+    import time
+
+    import torch
+
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def _native_bf16() -> bool:
+    """True where the CPU has bf16 matmul units (AVX512-BF16 / AMX); else bf16 is emulated."""
+    import torch
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        flags = ""
+    return "AMX" in cap or "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _lstm_flops(model, n: int, lookback: int) -> float:
+    """Forward+backward FLOPs of the model's LSTMs (a fused CPU kernel FlopCounterMode misses)."""
+    import torch
+
+    total = 0.0
+    for m in model.modules():
+        if isinstance(m, torch.nn.LSTM):
+            h = m.hidden_size
+            for layer in range(m.num_layers):
+                d_in = m.input_size if layer == 0 else h
+                total += 2 * 4 * h * (d_in + h) * lookback * n  # multiply-add = 2 FLOPs
+    return 3 * total  # backward ~ 2x forward
+
+
+def _run(args) -> int:
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from atft_core.config import Blocks, load_config
+    from atft_core.model import ATFTGATFAN
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.overrides)
+    horizons = cfg.horizons
+    torch.manual_seed(0)
+    model = ATFTGATFAN(cfg.model, args.features, horizons)
+    x, edge_index, edge_attr, _ = _day(args.stocks, args.lookback, args.features, args.knn)
+    y = torch.randn(args.stocks, len(horizons))
+    n = args.stocks
+    print(f"model: hidden={cfg.model.hidden_size} lstm_layers={cfg.model.lstm_layers} "
+          f"gat_layers={cfg.model.gat_layers} params={model.num_parameters():,}")
+    print(f"day: stocks={n} lookback={args.lookback} features={args.features} "
+          f"edges={edge_index.shape[1]} (kNN k={args.knn}) threads={torch.get_num_threads()}")
+
+    def step(dtype):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is torch.bfloat16):
+            pred = model(x, edge_index, edge_attr)
+        F.mse_loss(pred.float(), y).backward()
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    native_bf16 = _native_bf16()
+    spec = args.precisions or ("fp32,bf16" if native_bf16 else "fp32")
+    precisions = [p.strip() for p in spec.split(",") if p.strip()]
+    bad = [p for p in precisions if p not in dtypes]
+    if bad:
+        raise SystemExit(f"atft bench model: unknown precision {bad}; use fp32,bf16")
+    peak = {p: _matmul_flops_per_s(dtypes[p]) for p in dict.fromkeys([*precisions, "fp32", "bf16"])}
+    for p, v in peak.items():
+        print(f"machine matmul 1024^3 {p}: {v / 1e9:.1f} GFLOP/s")
+    if "bf16" not in precisions:
+        print(f"bf16 autocast skipped: CPU capability {torch.backends.cpu.get_cpu_capability()} has no "
+              "native bf16 (emulated bf16 matmul above); force it with --precisions fp32,bf16")
+    settings = [("all on", Blocks()), ("no GAT", Blocks(gat=False)),
+                ("no FAN", Blocks(fan=False)), ("no GAT, no FAN", Blocks(gat=False, fan=False))]
+    header = (f"{'blocks':<15} {'prec':<5} {'s/day':>8} {'stock-days/s':>13} "
+              f"{'MFLOP/sd counted':>17} {'+LSTM':>7} {'GFLOP/s':>8} {'util':>6}")
+    print(header)
+    print("-" * len(header))
+    model.train()
+    lstm = _lstm_flops(model, n, args.lookback) / n
+    for name, blocks in settings:
+        model.set_blocks(blocks)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(torch.float32)  # also the fp32 warm-up
+        counted = counter.get_total_flops() / n
+        per_sd = counted + lstm
+        for p in precisions:
+            if p != "fp32":
+                step(dtypes[p])  # warm-up
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                step(dtypes[p])
+                times.append(time.perf_counter() - t0)
+            sec = min(times)  # best of --repeats: the least disturbed run on a shared machine
+            rate = n / sec
+            achieved = per_sd * rate
+            best = max(peak.values())  # emulated bf16 is no ceiling: compare with the best rate
+            print(f"{name:<15} {p:<5} {sec:>8.3f} {rate:>13.0f} {counted / 1e6:>17.1f} "
+                  f"{lstm / 1e6:>7.1f} {achieved / 1e9:>8.2f} {achieved / best:>6.1%}")
+    return 0
