@@ -276,7 +276,7 @@ def validate_quotes(
                                  require_fresh=cfg.require_fresh, columns=d.frame.columns)
     index_cols = [c for c in ("Date", "Code") if c in d.frame.columns and c not in d.invalid_columns]
     results, docs_index = _run_gx(d.frame, exps, index_cols,
-                                  Path(docs_dir) if docs_dir is not None else None)
+                                  Path(docs_dir).resolve() if docs_dir is not None else None)  # GX needs absolute
     order = {e["meta"].get("check"): i for i, e in enumerate(exps)}  # GX regroups by domain
     checks = tuple(sorted((_check_result(r, d, cfg, as_of) for r in results),
                           key=lambda c: order.get(c.name, len(order))))
