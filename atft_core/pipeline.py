@@ -358,6 +358,7 @@ def publish(ctx: dict[str, Any], trained: dict[str, Any], decision: dict[str, An
     size = sum(f.size for f in result.manifest.files)
     pusher.publish(success=True, bytes=size, seconds=seconds)
     return {"run_id": trained["run_id"], "registry": registry.uri, "bytes": size,
+            "uri": f"{registry.uri.rstrip('/')}/runs/{trained['run_id']}",
             "manifest_sha256": alias.manifest_sha256, "seconds": round(seconds, 3)}
 
 

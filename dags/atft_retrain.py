@@ -116,10 +116,20 @@ def atft_retrain():
 
     @task
     def validate(fresh: dict, **context) -> dict:
-        """Great Expectations suite over the interval's quotes; failure stops the run."""
-        from atft_core import pipeline
+        """Great Expectations suite over the interval's quotes; failure stops the run.
 
-        return pipeline.validate_data(task_ctx(context), fresh)
+        Bad data fails at once, without retries (retrying cannot fix it): the readable report
+        is the task's error, the GX Data Docs are in the run's work dir.
+        """
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from atft_core import pipeline
+        from atft_core.validation import DataValidationError
+
+        try:
+            return pipeline.validate_data(task_ctx(context), fresh)
+        except DataValidationError as err:
+            raise AirflowFailException(str(err)) from err
 
     @task
     def features(validated: dict, **context) -> dict:
