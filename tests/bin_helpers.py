@@ -92,3 +92,17 @@ def stop_server(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=timeout)
+
+
+def start_pushgateway(log_path: Path) -> tuple[str, subprocess.Popen]:
+    """A real Pushgateway on a free 127.0.0.1 port, metrics kept in memory only.
+
+    Debian's build defaults ``--persistence.file`` to /var/lib/prometheus/pushgateway.data, which
+    every instance would share: groups pushed by one test would reappear in the next.
+    """
+    binary = require_binary("prometheus-pushgateway")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server([binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+                        f"{url}/-/ready", log_path)
+    return url, proc

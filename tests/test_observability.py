@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bin_helpers import free_port, require_binary, start_server, stop_server, wait_until
+from bin_helpers import (
+    free_port,
+    require_binary,
+    start_pushgateway,
+    start_server,
+    stop_server,
+    wait_until,
+)
 
 from atft_core import observability as obs
 from atft_core.config import MetricsConfig
@@ -462,11 +469,7 @@ def _scalar(prom_url: str, expr: str) -> float | None:
 
 @pytest.fixture(scope="module")
 def pushgateway(tmp_path_factory):
-    binary = require_binary("prometheus-pushgateway")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("pgw") / "pushgateway.log"
-    proc = start_server([binary, f"--web.listen-address=127.0.0.1:{port}"], f"{url}/-/ready", log)
+    url, proc = start_pushgateway(tmp_path_factory.mktemp("pgw") / "pushgateway.log")
     yield url
     stop_server(proc)
 
@@ -564,11 +567,7 @@ def test_every_stage_and_the_airflow_connection_path(prometheus, pushgateway, tm
 
 @pytest.mark.integration
 def test_gateway_down_falls_back_to_textfile_task_succeeds(tmp_path):
-    binary = require_binary("prometheus-pushgateway")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server([binary, f"--web.listen-address=127.0.0.1:{port}"], f"{url}/-/ready",
-                        tmp_path / "pgw.log")
+    url, proc = start_pushgateway(tmp_path / "pgw.log")
     try:
         cfg = MetricsConfig(pushgateway_url=url, textfile_dir=str(tmp_path / "metrics"))
         p = MetricsPusher(cfg, dag_id="atft_retrain", task_id="train", environ={})

@@ -1,0 +1,154 @@
+"""End to end: the real ``atft_retrain`` DAG with ``dag.test()`` (Airflow on SQLite), the real
+pipeline, a real S3 protocol server over HTTP (moto, 127.0.0.1) and a real Pushgateway.
+
+1. first run (no champion): trains on a tiny synthetic market and is promoted;
+2. second run with a deliberately worse config (lr 1e-7: the model barely moves from its random
+   init) is rejected and the champion stays;
+3. a run on data that fails validation (High < Low on many rows) stops before training,
+   publishes nothing and pushes ``atft_data_validation_success 0``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from bin_helpers import start_pushgateway, stop_server
+
+pytest_plugins = ["s3_server"]
+REPO = Path(__file__).resolve().parents[1]
+
+SCRIPT = r"""
+import json, os, sys
+import pendulum
+sys.path.insert(0, os.path.join(sys.argv[1], "plugins"))
+from airflow.dag_processing.dagbag import DagBag
+from atft_core.registry import Registry
+
+bag = DagBag(dag_folder=os.path.join(sys.argv[1], "dags"))
+assert not bag.import_errors, bag.import_errors
+dag = bag.dags["atft_retrain"]
+runs = json.loads(sys.argv[2])
+registry = Registry(os.environ["ATFT_REGISTRY"])
+out = []
+for day, conf in runs:
+    dr = dag.test(logical_date=pendulum.parse(day), run_conf=conf)
+    tis = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+    gate_ti = dr.get_task_instance("gate")
+    decision = gate_ti.xcom_pull(task_ids="gate", key="decision") if tis.get("gate") == "success" else None
+    alias = registry.get_alias("champion")
+    out.append({"state": str(dr.state), "tis": tis, "decision": decision,
+                "champion": alias.run_id if alias else None,
+                "runs": sorted(r.run_id for r in registry.list_runs())})
+print("E2E " + json.dumps(out, default=str))
+"""
+
+
+@pytest.fixture
+def pushgateway(tmp_path):
+    url, proc = start_pushgateway(tmp_path / "pushgateway.log")
+    yield url
+    stop_server(proc)
+
+
+def _bad_quotes(path: Path) -> str:
+    """A market whose quotes fail validation: High < Low on 5% of the rows. Returns its last day."""
+    import numpy as np
+    import polars as pl
+
+    from atft_core.config import SyntheticConfig
+    from atft_core.data.synthetic import generate_market
+
+    q = generate_market(SyntheticConfig(n_stocks=30, n_days=120, start="2023-11-01", seed=5)).quotes
+    bad = np.random.default_rng(0).random(q.height) < 0.05
+    q = q.with_columns(pl.when(pl.Series(bad)).then(pl.col("Low") * 0.5).otherwise(pl.col("High"))
+                       .alias("High"))
+    q.write_parquet(path)
+    return str(q["Date"].max())
+
+
+def _gateway_samples(url: str) -> dict[str, list[tuple[str, float]]]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, list[tuple[str, float]]] = {}
+    for line in text.splitlines():
+        if line.startswith("atft_"):
+            head, value = line.rsplit(" ", 1)
+            name = head.split("{", 1)[0]
+            out.setdefault(name, []).append((head, float(value)))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_retrain_dag_promotes_rejects_and_stops_on_bad_data(tmp_path, s3_endpoint, s3_bucket,
+                                                            pushgateway):
+    bad_path = tmp_path / "bad_quotes.parquet"
+    bad_day = _bad_quotes(bad_path)
+    base = {"config": "test", "min_rank_ic": 0.0, "min_sharpe": 0.0,
+            "overrides": ["data.synthetic.signal_strength=0.3"]}
+    runs = [
+        ("2024-05-07T12:00:00+00:00", base),
+        ("2024-05-08T12:00:00+00:00", base | {"lr": 1e-7}),
+        ("2024-05-09T12:00:00+00:00", base | {"data_source": str(bad_path), "data_end": bad_day}),
+    ]
+    home = tmp_path / "airflow"
+    home.mkdir()
+    env = dict(os.environ) | {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "ATFT_REGISTRY": f"s3://{s3_bucket}/registry",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "ATFT_PUSHGATEWAY_URL": pushgateway,
+    }
+    airflow = Path(sys.executable).with_name("airflow")
+    mig = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert mig.returncode == 0, mig.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO), json.dumps(runs)], env=env,
+                          capture_output=True, text=True, timeout=1500, cwd=tmp_path)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("E2E ")]
+    assert proc.returncode == 0 and lines, (proc.stdout[-3000:], proc.stderr[-5000:])
+    first, worse, bad = json.loads(lines[-1].removeprefix("E2E "))
+
+    # 1. no champion yet: promoted, published to S3, alias set
+    assert first["state"] == "success", first
+    assert first["decision"]["decision"] == "promote" and first["decision"]["champion_run_id"] is None
+    assert first["tis"]["publish"] == "success" and first["tis"]["skip_publish"] == "skipped"
+    champion = first["champion"]
+    assert champion is not None and first["runs"] == [champion]
+
+    # 2. worse candidate: rejected against the champion on the same holdout; champion stays
+    assert worse["state"] == "success", worse
+    assert worse["decision"]["decision"] == "reject", worse["decision"]
+    assert worse["decision"]["champion_run_id"] == champion
+    assert worse["decision"]["reasons"], "a rejection names its reasons"
+    assert worse["tis"]["publish"] == "skipped" and worse["tis"]["metrics"] == "success"
+    assert worse["champion"] == champion and worse["runs"] == [champion]
+
+    # 3. bad data: validation fails, nothing downstream runs, nothing published
+    assert bad["state"] == "failed", bad
+    assert bad["tis"]["validate"] == "failed"
+    for t in ("features", "train", "evaluate", "gate", "publish"):
+        assert bad["tis"][t] in ("upstream_failed", "skipped"), (t, bad["tis"])
+    assert bad["champion"] == champion and bad["runs"] == [champion]
+    run_dirs = sorted(p.name for p in (tmp_path / "var" / "runs").iterdir())
+    assert len(run_dirs) == 2 and not any(n.startswith(bad_day.replace("-", "")) for n in run_dirs)
+
+    # the real Pushgateway holds the stages' metrics: validation failed last, gate rejected before
+    s = _gateway_samples(pushgateway)
+    assert [v for _, v in s["atft_data_validation_success"]] == [0.0]
+    decisions = {h.split('decision="')[1].split('"')[0]: v for h, v in s["atft_gate_decision"]}
+    assert decisions["reject"] == 1.0 and decisions["promote"] == 0.0
+    assert any(v > 0 for _, v in s["atft_retrain_last_success_timestamp_seconds"])
+    assert s["atft_publish_success"] and all(v == 1.0 for _, v in s["atft_publish_success"])
+    assert any('task_id="validate"' in h and v == 0.0 for h, v in s["atft_task_success"])
