@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
 CALENDAR_NAME = "XTKS"
 TZ = "Asia/Tokyo"
+ZONE = ZoneInfo(TZ)
 
 
 @lru_cache(maxsize=1)

@@ -9,6 +9,7 @@ run to S3 and the Pushgateway.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -23,7 +24,7 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="run the atft_retrain DAG end to end (twice) with Airflow")
     p.add_argument("--config", default="demo", help="config name for the DAG's Params")
     p.add_argument("--runs", type=int, default=2, help="how many DAG runs (seeds 0, 1, ...)")
-    p.add_argument("--date", default=None, help="logical date (default: latest JPX trading day)")
+    p.add_argument("--date", default=None, help="day of the last run (default: the latest JPX trading day)")
     p.add_argument("--data-source", default=None, help="parquet of canonical quotes (default: synthetic)")
     p.add_argument("--airflow-home", default="var/airflow")
     p.set_defaults(func=run_demo)
@@ -66,12 +67,13 @@ def run_demo(args) -> int:
     if _airflow(["db", "migrate"], env, log_path) != 0:
         print(f"airflow db migrate failed; see {log_path}", file=sys.stderr)
         return 1
-    today = calendar.latest_expected_trading_day(time.strftime("%Y-%m-%d"))
-    day = args.date or today.isoformat()
+    last = calendar.latest_expected_trading_day(args.date or dt.datetime.now(calendar.ZONE).date().isoformat())
+    # consecutive nightly runs: run i is the i-th of the last `runs` trading days (oldest first)
+    days = [calendar.add_trading_days(last, i - args.runs + 1).isoformat() for i in range(args.runs)]
     cfg = load_config(args.config)
     rc = 0
-    for i in range(args.runs):
-        conf = {"config": args.config, "seed": i}
+    for i, day in enumerate(days):
+        conf = {"config": args.config, "seed": i, "actor": "atft demo"}
         if args.data_source:
             conf["data_source"] = args.data_source
             conf["data_end"] = day
@@ -96,6 +98,18 @@ def _print_outcome(cfg, day: str) -> None:
         return
     d = json.loads(decision_path.read_text())
     print(f"   gate: {d['decision'].upper()}" + ("  (forced)" if d.get("forced") else ""))
+    checks = ", ".join(f"{k}={'pass' if v else 'n/a' if v is None else 'FAIL'}"
+                       for k, v in (d.get("checks") or {}).items())
+    print(f"     checks: {checks}")
+    for who in ("candidate", "champion"):
+        m = d.get(who)
+        if m:
+            nums = ", ".join(f"{k}={m[k]:.4f}" for k in ("rank_ic_1d", "sharpe_1d") if m.get(k) is not None)
+            print(f"     {who}: {nums}" + (f" ({d.get('champion_run_id')})" if who == "champion" else ""))
+    if d.get("comparison"):
+        c = d["comparison"]
+        print("     paired test: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in c.items() if not isinstance(v, list | dict)))
     for r in d.get("reasons", []):
         print(f"     - {r}")
     summary = wd / "summary.json"
