@@ -16,6 +16,8 @@ def test_every_shipped_config_loads():
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert {"default", "demo", "test"} <= set(names)
     for n in names:
+        load_config(n)  # experiment configs too: every file validates
+    for n in ("default", "demo", "test"):
         cfg = load_config(n)
         assert cfg.horizons == (1, 5, 10, 20)
         assert len(cfg.train.phases) == 4

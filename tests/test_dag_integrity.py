@@ -9,7 +9,6 @@ scheduler and API server see, including Param validation on trigger).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +22,10 @@ HEAVY = ("torch", "great_expectations", "torch_geometric", "polars")
 
 
 def airflow_env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-    })
+    """The demo's local-Airflow environment (SQLite in ``home``), without a Pushgateway."""
+    from atft_core.commands.demo import airflow_env as local_airflow_env
+
+    env = local_airflow_env(home)
     env.pop("ATFT_PUSHGATEWAY_URL", None)
     return env
 

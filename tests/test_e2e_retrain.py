@@ -11,7 +11,6 @@ pipeline, a real S3 protocol server over HTTP (moto, 127.0.0.1) and a real Pushg
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from bin_helpers import start_pushgateway, stop_server
+
+from atft_core.commands.demo import airflow_env
 
 pytest_plugins = ["s3_server"]
 REPO = Path(__file__).resolve().parents[1]
@@ -97,15 +98,7 @@ def test_retrain_dag_promotes_rejects_and_stops_on_bad_data(tmp_path, s3_endpoin
         ("2024-05-08T12:00:00+00:00", base | {"lr": 1e-7}),
         ("2024-05-09T12:00:00+00:00", base | {"data_source": str(bad_path), "data_end": bad_day}),
     ]
-    home = tmp_path / "airflow"
-    home.mkdir()
-    env = dict(os.environ) | {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+    env = airflow_env(tmp_path / "airflow") | {
         "ATFT_REGISTRY": f"s3://{s3_bucket}/registry",
         "AWS_ENDPOINT_URL": s3_endpoint,
         "ATFT_PUSHGATEWAY_URL": pushgateway,

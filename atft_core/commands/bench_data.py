@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -27,21 +26,10 @@ import time
 from pathlib import Path
 
 
-def _bench_subparsers(sub) -> argparse._SubParsersAction:
-    """The shared ``atft bench AREA`` group (created by whichever bench module registers first)."""
-    bench = sub.choices.get("bench")
-    if bench is None:
-        bench = sub.add_parser("bench", help="benchmarks that print figures (no timed asserts)")
-    for action in bench._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return bench.add_subparsers(dest="bench_area", metavar="AREA")
-
-
 def register(sub) -> None:
-    from atft_core.cli import add_config_args
+    from atft_core.cli import add_config_args, bench_subparsers
 
-    p = _bench_subparsers(sub).add_parser(
+    p = bench_subparsers(sub).add_parser(
         "features", help="polars vs pandas feature build, peak memory, DayBatchLoader stock-days/s"
     )
     add_config_args(p)

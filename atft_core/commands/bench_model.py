@@ -14,24 +14,11 @@ for forward+backward) are added analytically and shown separately.
 
 from __future__ import annotations
 
-import argparse
-
-
-def _bench_subparsers(sub) -> argparse._SubParsersAction:
-    """The shared ``atft bench AREA`` group (created by whichever bench module registers first)."""
-    bench = sub.choices.get("bench")
-    if bench is None:
-        bench = sub.add_parser("bench", help="benchmarks that print figures (no timed asserts)")
-    for action in bench._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return bench.add_subparsers(dest="bench_area", metavar="AREA")
-
 
 def register(sub) -> None:
-    from atft_core.cli import add_config_args
+    from atft_core.cli import add_config_args, bench_subparsers
 
-    p = _bench_subparsers(sub).add_parser("model", help="model forward+backward throughput and FLOPs")
+    p = bench_subparsers(sub).add_parser("model", help="model forward+backward throughput and FLOPs")
     add_config_args(p)
     p.add_argument("--stocks", type=int, default=2000, help="stocks in the benchmark day")
     p.add_argument("--lookback", type=int, default=20)

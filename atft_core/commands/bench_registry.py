@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,19 +21,9 @@ import time
 from pathlib import Path
 
 
-def _bench_subparsers(sub) -> argparse._SubParsersAction:
-    """The shared ``atft bench AREA`` group (created by whichever bench module registers first)."""
-    bench = sub.choices.get("bench")
-    if bench is None:
-        bench = sub.add_parser("bench", help="benchmarks that print figures (no timed asserts)")
-    for action in bench._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return bench.add_subparsers(dest="bench_area", metavar="AREA")
-
-
 def register(sub) -> None:
-    p = _bench_subparsers(sub).add_parser(
+    from atft_core.cli import bench_subparsers
+    p = bench_subparsers(sub).add_parser(
         "registry", help="registry publish + verified load time over a local S3 server")
     p.add_argument("--mb", type=float, default=25.0, help="model size in MB")
     p.add_argument("--repeats", type=int, default=3)

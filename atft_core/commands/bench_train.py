@@ -6,24 +6,11 @@ loss and optimizer. Prints both figures and their ratio; asserts nothing.
 
 from __future__ import annotations
 
-import argparse
-
-
-def _bench_subparsers(sub) -> argparse._SubParsersAction:
-    """The shared ``atft bench AREA`` group (created by whichever bench module registers first)."""
-    bench = sub.choices.get("bench")
-    if bench is None:
-        bench = sub.add_parser("bench", help="benchmarks that print figures (no timed asserts)")
-    for action in bench._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    return bench.add_subparsers(dest="bench_area", metavar="AREA")
-
 
 def register(sub) -> None:
-    from atft_core.cli import add_config_args
+    from atft_core.cli import add_config_args, bench_subparsers
 
-    p = _bench_subparsers(sub).add_parser("train", help="training throughput vs a naive per-sample loader")
+    p = bench_subparsers(sub).add_parser("train", help="training throughput vs a naive per-sample loader")
     add_config_args(p)
     p.add_argument("--batches", type=int, default=8, help="timed training steps per path")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
