@@ -6,8 +6,9 @@ block-diagonal union of their graphs). Loss and metrics are never computed here
 
 Block switches (:meth:`ATFTGATFAN.set_blocks`) skip the block in ``forward``: with ``fan=False``
 the raw window goes straight into the VSN and the FAN projection is unused; with ``gat=False``
-the embedding goes straight to the heads; with ``attention=False`` the temporal fusion is LSTM +
-feed-forward only. A skipped block's parameters receive no gradient (``.grad is None``).
+the embedding goes straight to the heads (with it on, the GAT also sees each stock's latest
+raw features, see :class:`~atft_core.model.gat.GraphFusion`); with ``attention=False`` the
+temporal fusion is LSTM + feed-forward only. A skipped block's parameters receive no gradient (``.grad is None``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class ATFTGATFAN(nn.Module):
         self.fan = FAN(n_features, cfg.fan_top_k, d)
         self.vsn = VariableSelection(n_features, cfg.vsn_feature_dim, cfg.vsn_hidden, d, cfg.dropout)
         self.temporal = TemporalFusion(d, cfg.attn_heads, cfg.lstm_layers, cfg.ffn_mult, cfg.dropout)
-        self.graph = GraphFusion(d, cfg.gat_heads, cfg.gat_layers, EDGE_DIM, cfg.dropout)
+        self.graph = GraphFusion(d, cfg.gat_heads, cfg.gat_layers, EDGE_DIM, cfg.dropout, n_inputs=n_features)
         self.heads = HorizonHeads(d, len(self.horizons), len(cfg.quantiles), cfg.dropout)
         self.blocks = Blocks()
 
@@ -80,7 +81,7 @@ class ATFTGATFAN(nn.Module):
             if edge_attr.shape != (edge_index.shape[1], EDGE_DIM):
                 raise ValueError(f"edge_attr must be (E, {EDGE_DIM}) with E={edge_index.shape[1]}, "
                                  f"got {tuple(edge_attr.shape)}")
-            h = self.graph(h, edge_index, edge_attr)  # (N, D)
+            h = self.graph(h, edge_index, edge_attr, x_last=x[:, -1])  # (N, D)
         return self.heads(h)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
