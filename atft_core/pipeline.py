@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from atft_core import calendar
+from atft_core.atomic import atomic_write_text
 from atft_core.config import Config, apply_overrides, load_config
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,7 @@ def _pusher(ctx: dict[str, Any], cfg: Config, task_id: str):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 
 # --------------------------------------------------------------------------- tasks

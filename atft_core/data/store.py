@@ -32,6 +32,7 @@ from pathlib import Path
 
 import polars as pl
 
+from atft_core.atomic import fsync_dir
 from atft_core.data.schema import (
     CANONICAL_COLUMNS,
     CANONICAL_SCHEMA,
@@ -52,14 +53,6 @@ class StoreError(ValueError):
 
 
 # --------------------------------------------------------------------------- write
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _prepare(df: pl.DataFrame) -> pl.DataFrame:
     """Canonical columns and dtypes, sorted by (Date, Code); raises SchemaError."""
     if not isinstance(df, pl.DataFrame):
@@ -120,7 +113,7 @@ def write_store(df: pl.DataFrame, root: str | Path) -> list[Path]:
     for tmp, final in pending:
         os.replace(tmp, final)
     for d in {final.parent for _, final in pending} | {root}:
-        _fsync_dir(d)
+        fsync_dir(d)
     return sorted(final for _, final in pending)
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from atft_core.atomic import fsync_dir
 from atft_core.registry.errors import (
     AlreadyExistsError,
     NotFoundError,
@@ -132,13 +133,6 @@ class FileStore:
             raise
         return Path(tmp)
 
-    @staticmethod
-    def _fsync_dir(dir_: Path) -> None:
-        fd = os.open(dir_, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def _create_only(self, final: Path, tmp: Path, key: str) -> None:
         try:
@@ -147,7 +141,7 @@ class FileStore:
             raise AlreadyExistsError(f"{self.uri}/{key} already exists (write-once)") from None
         finally:
             os.unlink(tmp)
-        self._fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     @contextlib.contextmanager
     def _lock(self, final: Path) -> Iterator[None]:
@@ -209,7 +203,7 @@ class FileStore:
             return etag
         if if_match is None:
             os.replace(tmp, final)
-            self._fsync_dir(final.parent)
+            fsync_dir(final.parent)
             return etag
         try:
             with self._lock(final):
@@ -220,7 +214,7 @@ class FileStore:
                 if current != if_match:
                     raise PreconditionError(f"{key} changed (ETag {current} != {if_match})")
                 os.replace(tmp, final)
-                self._fsync_dir(final.parent)
+                fsync_dir(final.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

@@ -12,12 +12,9 @@ the old file or the new one, never a torn one.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import random
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,53 +22,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save
 
+from atft_core.atomic import atomic_write_bytes, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
+
 CHECKPOINT_FORMAT = 1
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, of an unknown format or not finite."""
-
-
-# --------------------------------------------------------------------------- atomic io
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening a directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, write: Callable[[io.BufferedWriter], None] | bytes) -> Path:
-    """Write ``path`` atomically: temp file in the same dir, fsync, os.replace, fsync dir."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if isinstance(write, bytes | bytearray):
-                fh.write(write)
-            else:
-                write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
 
 
 # --------------------------------------------------------------------------- finiteness
