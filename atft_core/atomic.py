@@ -28,8 +28,12 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, write: Callable[[io.BufferedWriter], None] | bytes) -> Path:
-    """Write ``path`` atomically: temp file in the same dir, fsync, os.replace, fsync dir."""
+def atomic_write_bytes(path: str | Path, write: Callable[[io.BufferedWriter], None] | bytes,
+                       mode: int | None = None) -> Path:
+    """Write ``path`` atomically: temp file in the same dir, fsync, os.replace, fsync dir.
+
+    ``mode``: permission bits for the new file (the temp file is created 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -41,6 +45,8 @@ def atomic_write_bytes(path: str | Path, write: Callable[[io.BufferedWriter], No
                 write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -50,5 +56,5 @@ def atomic_write_bytes(path: str | Path, write: Callable[[io.BufferedWriter], No
     return path
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> Path:
+    return atomic_write_bytes(path, text.encode(), mode=mode)

@@ -71,7 +71,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -86,6 +85,7 @@ from prometheus_client.exposition import basic_auth_handler, default_handler, pu
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from atft_core.atomic import atomic_write_text
 from atft_core.config import MetricsConfig
 
 log = logging.getLogger(__name__)
@@ -329,17 +329,7 @@ def write_textfile(path: Path, families: list[Metric]) -> None:
             except (ValueError, OSError) as err:  # a corrupt file is replaced, not merged
                 log.warning("metrics textfile %s unreadable (%s); rewriting it", path, err)
         text = render(sorted([*kept, *new.values()], key=_family_key))
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)  # node-exporter usually runs as another user
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, text, mode=0o644)  # node-exporter usually runs as another user
 
 
 def read_textfile_value(path: Path, name: str, labels: Mapping[str, str] | None = None) -> float | None:

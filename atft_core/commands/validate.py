@@ -38,7 +38,6 @@ def _today_tokyo():
 def _validate(args) -> int:
     import datetime as dt
     import json
-    import os
     from pathlib import Path
 
     from atft_core.config import load_config
@@ -62,11 +61,7 @@ def _validate(args) -> int:
         return 2
     print(report.to_text())
     if args.json_out:
-        out = Path(args.json_out)
-        tmp = out.with_name(f".{out.name}.tmp")
-        with open(tmp, "w") as fh:
-            fh.write(json.dumps(report.to_dict(), indent=2))
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(out)
+        from atft_core.atomic import atomic_write_text
+
+        atomic_write_text(args.json_out, json.dumps(report.to_dict(), indent=2))
     return 0 if report.success else 1

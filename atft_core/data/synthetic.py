@@ -67,14 +67,13 @@ runs through suspensions, so the first bar after one shows the accumulated move.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from atft_core.atomic import atomic_write_bytes
 from atft_core.calendar import trading_days_from
 from atft_core.config import SyntheticConfig
 from atft_core.data.schema import CANONICAL_COLUMNS, CANONICAL_SCHEMA
@@ -374,19 +373,6 @@ ORACLE_FILE = "_oracle.parquet"  # '_' prefix: never read as quotes by scan_stor
 META_FILE = "_synthetic.json"
 
 
-def _atomic_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_market(market: SyntheticMarket, root: str | Path, cfg: SyntheticConfig | None = None) -> list[Path]:
     """Write the quotes into the store ``root`` and the oracle + ground truth next to them
     (``root/_oracle.parquet``, ``root/_synthetic.json``). Returns the files written."""
@@ -395,14 +381,14 @@ def save_market(market: SyntheticMarket, root: str | Path, cfg: SyntheticConfig 
     root = Path(root)
     written = write_store(market.quotes, root)
     oracle_path, meta_path = root / ORACLE_FILE, root / META_FILE
-    _atomic_bytes(oracle_path, lambda fh: market.oracle.write_parquet(fh, compression="zstd"))
+    atomic_write_bytes(oracle_path, lambda fh: market.oracle.write_parquet(fh, compression="zstd"))
     meta = {
         "horizons": list(market.horizons),
         "oracle_rank_ic": {str(h): v for h, v in market.oracle_rank_ic.items()},
         "cluster": market.cluster,
         "config": cfg.model_dump(mode="json") if cfg is not None else None,
     }
-    _atomic_bytes(meta_path, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
+    atomic_write_bytes(meta_path, lambda fh: fh.write(json.dumps(meta, indent=1).encode()))
     return [*written, oracle_path, meta_path]
 
 
