@@ -244,6 +244,10 @@ class RegistryConfig(_Section):
     cache_dir: str | None = None  # where load_run copies verified runs (None = system temp)
     lock_timeout_s: float = Field(30.0, gt=0.0, description="file:// alias lock wait")
     multipart_threshold_mb: int = Field(8, ge=5, le=5120, description="S3 multipart above this")
+    s3_deadline_s: float = Field(60.0, gt=0.0, le=3600.0,
+                                 description="total deadline of one S3 call (per part for transfers)")
+    # write even if the backend fails the create-only / compare-and-swap self-check (unsafe)
+    allow_unsafe_backend: bool = False
 
 
 class MetricsConfig(_Section):

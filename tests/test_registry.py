@@ -19,6 +19,7 @@ from atft_core.config import Config
 from atft_core.registry import (
     ANY,
     AliasConflictError,
+    BackendUnavailableError,
     IntegrityError,
     InvalidNameError,
     NotFoundError,
@@ -41,10 +42,15 @@ def make_run_dir(base: Path, run_id: str, seed: int = 0, n_floats: int = 256,
     d = base / run_id
     d.mkdir(parents=True)
     g = torch.Generator().manual_seed(seed)
+    cfg_sha, value = Config().sha256(), 0.05 + seed / 1000
+    # as the trainer writes them: weights metadata (JSON-encoded) and metrics.json agree
     save_file({"w": torch.randn(n_floats, generator=g), "b": torch.arange(4.0) + seed},
-              str(d / "model.safetensors"))
+              str(d / "model.safetensors"),
+              metadata={"config_sha256": json.dumps(cfg_sha), "epoch": "3",
+                        "value": json.dumps(value)})
     (d / "config.yaml").write_text(Config().to_yaml())
-    (d / "metrics.json").write_text(json.dumps({"rank_ic_1d": 0.05 + seed / 1000,
+    (d / "metrics.json").write_text(json.dumps({"rank_ic_1d": value, "config_sha256": cfg_sha,
+                                                "best": {"epoch": 3, "value": value},
                                                 "data_fingerprint": f"fp-{seed}"}))
     (d / "report.md").write_text(f"# run {run_id}\n")
     (d / "report_ic.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes([seed % 256]) * 32)
@@ -365,7 +371,8 @@ def test_alias_write_failure_leaves_alias_unchanged(reg, tmp_path):
         events = reg.store.client.meta.events
         events.register("before-send.s3.PutObject", cut)
         try:
-            with pytest.raises(EndpointConnectionError):
+            # the store turns transport errors into one line naming the endpoint
+            with pytest.raises(BackendUnavailableError, match="unreachable during PutObject"):
                 reg.promote("B", reason="r", actor="t", verify=False)
         finally:
             events.unregister("before-send.s3.PutObject", cut)

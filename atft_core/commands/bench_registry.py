@@ -47,10 +47,12 @@ def _make_run_dir(base: Path, mb: float) -> Path:
     g = torch.Generator().manual_seed(0)
     # a few tensors like a real model rather than one blob
     sizes = [n // 2, n // 4, n - n // 2 - n // 4]
+    sha = Config().sha256()  # publish checks config.yaml <-> metrics.json <-> weights agree
     save_file({f"layer{i}.weight": torch.randn(s, generator=g) for i, s in enumerate(sizes)},
-              str(d / "model.safetensors"))
+              str(d / "model.safetensors"), metadata={"config_sha256": json.dumps(sha)})
     (d / "config.yaml").write_text(Config().to_yaml())
-    (d / "metrics.json").write_text(json.dumps({"rank_ic_1d": 0.05, "data_fingerprint": "bench"}))
+    (d / "metrics.json").write_text(json.dumps({"rank_ic_1d": 0.05, "data_fingerprint": "bench",
+                                                "config_sha256": sha}))
     (d / "report.md").write_text("# bench\n")
     return d
 

@@ -1,7 +1,9 @@
-"""`atft registry publish|promote|rollback|show|list|verify`: the model registry (SPEC 8).
+"""`atft registry publish|promote|rollback|show|list|verify|check|gc`: the model registry (SPEC 8).
 
-Output is JSON on stdout. Exit codes: 0 ok, 1 integrity/registry failure, 2 bad input
-(unsafe name, missing run, config error), 3 the alias moved concurrently (``--expect`` lost).
+Output is JSON on stdout; one ``atft registry: ...`` line on stderr for failures (and for where a
+rollback went). Exit codes: 0 ok, 1 integrity/registry failure (also: the backend fails the
+self-check, or is unreachable), 2 bad input (unsafe name, missing run, config error, bad
+duration), 3 the alias moved concurrently (``--expect`` lost).
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ def register(sub) -> None:
     q = common(ops.add_parser("list", help="runs, their aliases, and the alias history"))
     q.add_argument("--alias", default="champion")
 
+    q = common(ops.add_parser(
+        "check", help="probe that the backend enforces create-only writes and compare-and-swap"))
+
+    q = common(ops.add_parser(
+        "gc", help="list (dry run) or remove orphan runs: files but no manifest"))
+    q.add_argument("--older-than", default="1d",
+                   help="only orphans with no write for this long (s/m/h/d/w; default 1d)")
+    q.add_argument("--apply", action="store_true", help="remove them (default: list only)")
+
     q = common(ops.add_parser("verify", help="download and check every file of a run"))
     q.add_argument("target", help="run id, or an alias name such as 'champion'")
     q.add_argument("--alias-target", action="store_true",
@@ -57,8 +68,8 @@ def _registry(args):
     from atft_core.registry import Registry
 
     cfg = load_config(args.config)
-    if args.uri:
-        return Registry(args.uri, cache_dir=cfg.registry.cache_dir)
+    if args.uri:  # the config's other registry settings (deadline, unsafe opt-in) still apply
+        return Registry.from_config(cfg.registry.model_copy(update={"uri": args.uri}))
     return Registry.from_config(cfg.registry)
 
 
@@ -73,6 +84,9 @@ def _run(args) -> int:
 
     try:
         out = _dispatch(args, ANY)
+    except _UsageError as err:
+        print(f"atft registry: {err}", file=sys.stderr)
+        return 2
     except AliasConflictError as err:
         print(f"atft registry: {err}", file=sys.stderr)
         return 3
@@ -81,6 +95,11 @@ def _run(args) -> int:
         return 2
     except RegistryError as err:
         print(f"atft registry: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # an S3 error the store does not map: still one line
+        if not type(err).__module__.startswith(("botocore", "boto3", "s3transfer")):
+            raise
+        print(f"atft registry: S3 error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(out, indent=1, sort_keys=True, default=str))
     return 0
@@ -103,8 +122,27 @@ def _dispatch(args, ANY) -> dict:
         return reg.promote(args.run_id, reason=args.reason, actor=args.actor, alias=args.alias,
                            expect=expect, gate=gate).to_dict()
     if op == "rollback":
-        return reg.rollback(args.to, reason=args.reason, actor=args.actor,
-                            alias=args.alias).to_dict()
+        rec = reg.rollback(args.to, reason=args.reason, actor=args.actor, alias=args.alias)
+        depth = len(rec.rollback_stack or ())
+        msg = (f"rolled {rec.alias} back from {rec.previous} to {rec.run_id} "
+               f"({depth} earlier run{'s' if depth != 1 else ''} left to roll back to)")
+        print(f"atft registry: {msg}", file=sys.stderr)
+        return {**rec.to_dict(), "message": msg}
+    if op == "check":
+        res = reg.check_backend()
+        if not res.ok:
+            from atft_core.registry import UnsafeBackendError
+
+            raise UnsafeBackendError(res.line())
+        return res.to_dict()
+    if op == "gc":
+        from atft_core.registry import parse_duration
+
+        try:
+            older = parse_duration(args.older_than)
+        except ValueError as err:
+            raise _UsageError(f"gc --older-than: {err}") from None
+        return reg.gc(older, apply=args.apply).to_dict()
     if op == "show":
         return reg.show(args.alias)
     if op == "list":
@@ -131,6 +169,10 @@ def _dispatch(args, ANY) -> dict:
             m = reg.verify_run(args.target)
         return {"run_id": m.run_id, "verified_files": [f.name for f in m.files], "ok": True}
     raise AssertionError(op)
+
+
+class _UsageError(ValueError):
+    """Bad command-line input (exit 2)."""
 
 
 def _is_published(reg, name: str) -> bool:

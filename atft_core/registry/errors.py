@@ -36,3 +36,13 @@ class IntegrityError(RegistryError):
 
 class PublishError(RegistryError):
     """A run directory cannot be published (missing files, bad config, conflicting content)."""
+
+
+class BackendUnavailableError(RegistryError):
+    """The storage backend cannot be used: unreachable, no answer within the deadline, missing
+    bucket or credentials. The message names the endpoint."""
+
+
+class UnsafeBackendError(RegistryError):
+    """The backend does not enforce create-only writes or compare-and-swap (self-check failed)."""
+

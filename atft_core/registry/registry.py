@@ -11,9 +11,14 @@ Decisions (SPEC is silent):
 * A run is published iff its manifest exists. Data files go first; a publish interrupted
   half-way leaves no manifest, and a retry reuses files already there when their size and
   sha256 match (anything else under that run id is a conflict: run ids are never reused).
-* ``previous`` is the run id the alias pointed to before; ``rollback()`` with no target goes
-  there. Each record also carries ``seq`` (1, 2, ...), ``action``, ``reason``, ``actor``, ``txn``
-  and optionally the gate decision.
+* ``previous`` is the run id the alias pointed to before. ``rollback()`` with no target walks
+  the promotion stack (``rollback_stack``: a promotion pushes the run it replaces, a rollback
+  pops), so repeated rollbacks go further back instead of toggling. Each record also carries
+  ``seq`` (1, 2, ...), ``action``, ``reason``, ``actor``, ``txn`` and optionally the gate decision.
+* Before its first write to a backend the registry probes that the backend enforces
+  create-only writes and compare-and-swap (:mod:`.selfcheck`) and refuses to write otherwise.
+* ``publish`` refuses a run directory whose config.yaml, metrics.json and weights metadata
+  disagree (a run mixed from two trainings; :mod:`.runcheck`).
 * History: the promoter writes the history entry after winning the CAS, and every promoter
   first (re)writes the entry of the alias state it read, so a crash between the CAS and the
   history write is repaired by the next move -- the log never loses a move.
@@ -33,7 +38,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,17 +53,26 @@ from atft_core.registry.errors import (
     PublishError,
     RegistryError,
 )
+from atft_core.registry.gc import GcReport, collect_garbage
 from atft_core.registry.names import (
     REQUIRED_FILES,
     check_alias,
-    check_run_file,
     check_run_id,
     is_publishable_file,
 )
+from atft_core.registry.records import (  # records live there; re-exported for old imports
+    ALIAS_FORMAT,  # noqa: F401
+    MANIFEST_FORMAT,  # noqa: F401
+    MAX_ROLLBACK_DEPTH,
+    AliasRecord,
+    Manifest,
+    RunFile,
+)
+from atft_core.registry.runcheck import check_run_agrees, read_weights_metadata
+from atft_core.registry.selfcheck import BackendCheck, ensure_safe_backend
+from atft_core.registry.selfcheck import probe as probe_backend
 from atft_core.registry.store import MB, FileStore, ObjectStore, S3Store, new_txn_id, open_store
 
-MANIFEST_FORMAT = "atft-run-manifest/1"
-ALIAS_FORMAT = "atft-alias/1"
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -70,71 +84,8 @@ class _Any:
 ANY: Any = _Any()  # ``expect=ANY``: move the alias whatever it points to now
 
 
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, indent=1, allow_nan=False).encode() + b"\n"
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class RunFile:
-    name: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What a published run contains; ``sha256`` of its canonical JSON identifies the version."""
-
-    run_id: str
-    created_at: str
-    files: tuple[RunFile, ...]
-    data_fingerprint: str | None
-    config_sha256: str
-    code_version: Mapping[str, Any]
-    format: str = MANIFEST_FORMAT
-
-    def to_bytes(self) -> bytes:
-        d = asdict(self)
-        d["files"] = [asdict(f) for f in self.files]
-        d["code_version"] = dict(self.code_version)
-        return _canonical(d)
-
-    def content_key(self) -> tuple:
-        """What must be equal for two publishes of the same run id to be 'the same run'."""
-        return (self.run_id, self.files, self.data_fingerprint, self.config_sha256)
-
-    def file(self, name: str) -> RunFile:
-        for f in self.files:
-            if f.name == name:
-                return f
-        raise NotFoundError(f"run {self.run_id}: manifest lists no {name}")
-
-    @classmethod
-    def from_bytes(cls, data: bytes, run_id: str) -> Manifest:
-        try:
-            d = json.loads(data)
-            if d.get("format") != MANIFEST_FORMAT:
-                raise ValueError(f"format {d.get('format')!r} != {MANIFEST_FORMAT!r}")
-            files = tuple(RunFile(check_run_file(f["name"]), int(f["size"]), str(f["sha256"]))
-                          for f in d["files"])
-            m = cls(run_id=str(d["run_id"]), created_at=str(d["created_at"]), files=files,
-                    data_fingerprint=d.get("data_fingerprint"),
-                    config_sha256=str(d["config_sha256"]),
-                    code_version=dict(d.get("code_version") or {}))
-        except (ValueError, KeyError, TypeError) as err:
-            raise IntegrityError(f"run {run_id}: malformed manifest.json: {err}") from None
-        if m.run_id != run_id:
-            raise IntegrityError(f"manifest of run {run_id} names run {m.run_id!r}")
-        names = [f.name for f in files]
-        if len(set(names)) != len(names) or any(r not in names for r in REQUIRED_FILES):
-            raise IntegrityError(f"run {run_id}: manifest must list {REQUIRED_FILES} once each")
-        if any(len(f.sha256) != 64 or f.size < 0 for f in files):
-            raise IntegrityError(f"run {run_id}: manifest has a bad sha256/size entry")
-        return m
 
 
 @dataclass(frozen=True)
@@ -144,42 +95,6 @@ class PublishResult:
     uploaded: tuple[str, ...]
     reused: tuple[str, ...]
     already_published: bool
-
-
-@dataclass(frozen=True)
-class AliasRecord:
-    alias: str
-    run_id: str
-    manifest_sha256: str
-    promoted_at: str
-    previous: str | None
-    seq: int
-    action: str  # "promote" | "rollback"
-    reason: str
-    actor: str
-    txn: str
-    gate: Mapping[str, Any] | None = None
-    format: str = ALIAS_FORMAT
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["gate"] = dict(self.gate) if self.gate is not None else None
-        return d
-
-    def to_bytes(self) -> bytes:
-        return _canonical(self.to_dict())
-
-    @classmethod
-    def from_bytes(cls, data: bytes, where: str) -> AliasRecord:
-        try:
-            d = json.loads(data)
-            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-        except (ValueError, TypeError, KeyError) as err:
-            raise IntegrityError(f"{where}: malformed alias record: {err}") from None
-
-    def history_name(self) -> str:
-        ts = datetime.fromisoformat(self.promoted_at).strftime("%Y%m%dT%H%M%S.%fZ")
-        return f"{ts}-{self.run_id}.json"
 
 
 @dataclass(frozen=True)
@@ -266,14 +181,17 @@ class Registry:
     Args:
         uri: ``file://var/registry`` (relative to CWD), ``file:///abs`` or ``s3://bucket/prefix``.
         cache_dir: where loaded runs are copied (default: the system temp dir).
-        **store_kwargs: passed to the backend (endpoint_url, multipart sizes, lock_timeout_s).
+        allow_unsafe_backend: write even if the backend fails the self-check (not advised).
+        **store_kwargs: passed to the backend (endpoint_url, multipart sizes, lock_timeout_s,
+            deadline_s).
     """
 
     def __init__(self, uri: str = "file://var/registry", *, cache_dir: str | Path | None = None,
-                 **store_kwargs: Any) -> None:
+                 allow_unsafe_backend: bool = False, **store_kwargs: Any) -> None:
         self.store: FileStore | S3Store = open_store(uri, **store_kwargs)
         self.uri = self.store.uri
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.allow_unsafe_backend = allow_unsafe_backend
 
     @classmethod
     def from_config(cls, cfg: Any) -> Registry:
@@ -284,9 +202,19 @@ class Registry:
             if getattr(reg, "endpoint_url", None):
                 kwargs["endpoint_url"] = reg.endpoint_url
             kwargs["multipart_threshold_mb"] = reg.multipart_threshold_mb
+            kwargs["deadline_s"] = getattr(reg, "s3_deadline_s", 60.0)
         else:
             kwargs["lock_timeout_s"] = reg.lock_timeout_s
-        return cls(reg.uri, cache_dir=reg.cache_dir, **kwargs)
+        return cls(reg.uri, cache_dir=reg.cache_dir,
+                   allow_unsafe_backend=getattr(reg, "allow_unsafe_backend", False), **kwargs)
+
+    # ----------------------------------------------------------------- backend self-check
+    def check_backend(self) -> BackendCheck:
+        """Probe create-only writes and compare-and-swap now (uncached; ``atft registry check``)."""
+        return probe_backend(self.store)
+
+    def _before_write(self) -> None:
+        ensure_safe_backend(self.store, self.allow_unsafe_backend)
 
     # ----------------------------------------------------------------- keys
     @staticmethod
@@ -318,12 +246,13 @@ class Registry:
         links = [n for n in names if (run_dir / n).is_symlink()]
         if links:
             raise PublishError(f"run directory {run_dir}: refusing symlinks {links}")
-        self._check_weights(run_dir / WEIGHTS_FILE)
+        weights_meta = read_weights_metadata(run_dir / WEIGHTS_FILE)
         try:
             metrics = json.loads((run_dir / "metrics.json").read_text())
         except ValueError as err:
             raise PublishError(f"{run_dir}/metrics.json is not JSON: {err}") from None
         config_sha = self._config_sha256(run_dir / "config.yaml")
+        check_run_agrees(run_dir, config_sha, metrics, weights_meta)
         if data_fingerprint is None and isinstance(metrics, dict):
             fp = metrics.get("data_fingerprint")
             data_fingerprint = str(fp) if fp is not None else None
@@ -343,6 +272,7 @@ class Registry:
         if existing is not None:
             return self._same_or_conflict(existing, manifest)
 
+        self._before_write()
         uploaded, reused = [], []
         for f in files:
             key = self._run_key(run_id, f.name)
@@ -365,18 +295,6 @@ class Registry:
             return self._same_or_conflict(existing, manifest)
         return PublishResult(manifest, hashlib.sha256(data).hexdigest(), tuple(uploaded),
                              tuple(reused), already_published=False)
-
-    @staticmethod
-    def _check_weights(path: Path) -> None:
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                keys = list(f.keys())
-        except (SafetensorError, ValueError, OSError) as err:
-            raise PublishError(f"{path} is not a valid safetensors file: {err}") from None
-        if not keys:
-            raise PublishError(f"{path} holds no tensors")
 
     @staticmethod
     def _config_sha256(path: Path) -> str:
@@ -506,6 +424,7 @@ class Registry:
             msha = loaded.manifest_sha256
         else:
             _, msha = self.read_manifest(run_id)
+        self._before_write()
         key = self._alias_key(alias)
         delay = 0.002
         for _ in range(max_attempts):
@@ -520,7 +439,8 @@ class Registry:
                               promoted_at=_now().isoformat(), previous=cur_id,
                               seq=(cur.seq + 1) if cur else 1, action=action, reason=reason,
                               actor=actor, txn=new_txn_id(),
-                              gate=dict(gate) if gate is not None else None)
+                              gate=dict(gate) if gate is not None else None,
+                              rollback_stack=self._stack_after(cur, action, run_id))
             try:
                 if etag is None:
                     self.store.put_bytes(key, rec.to_bytes(), if_none_match=True)
@@ -558,19 +478,65 @@ class Registry:
 
     def rollback(self, to: str | None = None, *, reason: str, actor: str,
                  alias: str = "champion") -> AliasRecord:
-        """Move ``alias`` back to its ``previous`` run (or to run ``to``); a CAS against the
-        state it read, so a concurrent move makes it fail instead of undoing the wrong thing."""
+        """Move ``alias`` one step back on its promotion stack (or to run ``to``).
+
+        After promotions A->B->C->D, rollbacks give C, then B, then A; a rollback when nothing
+        is left below refuses. ``to`` found on the stack pops down to it; any other ``to`` is
+        pushed like a promotion (a later plain rollback returns to where it started). A CAS
+        against the state it read, so a concurrent move makes it fail instead of undoing the
+        wrong thing. The returned record's ``previous`` -> ``run_id`` says where it went."""
         check_alias(alias)
         if to is not None:
             check_run_id(to)
         cur = self.get_alias(alias)
         if cur is None:
             raise NotFoundError(f"alias {alias!r} is not set; nothing to roll back")
-        target = to if to is not None else cur.previous
-        if target is None:
-            raise RegistryError(f"alias {alias!r} has no previous run to roll back to")
-        return self._move(alias, target, action="rollback", reason=reason, actor=actor,
+        if to is None:
+            stack = self.rollback_stack(alias, cur)
+            if not stack:
+                raise RegistryError(f"alias {alias!r} points to {cur.run_id}, the oldest run on "
+                                    "its promotion stack; nothing earlier to roll back to")
+            to = stack[-1]
+        return self._move(alias, to, action="rollback", reason=reason, actor=actor,
                           expect=cur.run_id, gate=None, verify=True)
+
+    def rollback_stack(self, alias: str = "champion",
+                       cur: AliasRecord | None = None) -> tuple[str, ...]:
+        """Runs a plain rollback walks back through, most recent last."""
+        cur = self.get_alias(alias) if cur is None else cur
+        if cur is None:
+            return ()
+        if cur.rollback_stack is not None:
+            return cur.rollback_stack
+        # a record written before rollback_stack existed: replay the alias history
+        stack: tuple[str, ...] = ()
+        prev: AliasRecord | None = None
+        for rec in [*self.history(alias), cur]:
+            if prev is not None and rec.seq <= prev.seq:
+                continue
+            stack = self._stack_after_replay(prev, rec, stack)
+            prev = rec
+        return stack
+
+    @staticmethod
+    def _push_or_pop(stack: tuple[str, ...], cur_id: str | None, action: str,
+                     run_id: str) -> tuple[str, ...]:
+        if action == "rollback" and run_id in stack:
+            i = len(stack) - 1 - stack[::-1].index(run_id)
+            return stack[:i]
+        if cur_id is None or cur_id == run_id:
+            return stack
+        return (*stack, cur_id)[-MAX_ROLLBACK_DEPTH:]
+
+    def _stack_after(self, cur: AliasRecord | None, action: str, run_id: str) -> tuple[str, ...]:
+        stack = self.rollback_stack(cur.alias, cur) if cur is not None else ()
+        return self._push_or_pop(stack, cur.run_id if cur else None, action, run_id)
+
+    def _stack_after_replay(self, prev: AliasRecord | None, rec: AliasRecord,
+                            stack: tuple[str, ...]) -> tuple[str, ...]:
+        if rec.rollback_stack is not None:
+            return rec.rollback_stack
+        return self._push_or_pop(stack, prev.run_id if prev else None, rec.action, rec.run_id)
 
     def history(self, alias: str = "champion") -> list[AliasRecord]:
         """Alias moves in order (by ``seq``)."""
@@ -582,6 +548,10 @@ class Registry:
             if rec.alias == alias:
                 out.append(rec)
         return sorted(out, key=lambda r: r.seq)
+
+    def gc(self, older_than_s: float = 86400.0, apply: bool = False) -> GcReport:
+        """Orphan runs (files, no manifest) older than ``older_than_s``; removed if ``apply``."""
+        return collect_garbage(self, older_than_s, apply)
 
     def list_runs(self) -> list[RunSummary]:
         runs: dict[str, bool] = {}

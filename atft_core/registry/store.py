@@ -15,6 +15,15 @@ Semantics both backends implement (and tests/test_registry.py checks on both):
 * ``get_bytes`` returns ``(data, etag)``; ``download`` streams to a local path; ``head`` returns
   :class:`ObjectInfo` or None; ``list_keys(prefix)`` lists keys (relative to the root).
 
+* ``list_info(prefix)`` lists keys with size and modification time; ``delete(key)`` removes one
+  object (only the self-check's scratch objects and ``atft registry gc`` use it);
+  ``list_leftovers`` / ``remove_leftover`` find what an interrupted write left behind (file:
+  ``.tmp-*`` files; S3: unfinished multipart uploads).
+* S3 only: every call has a TOTAL deadline (``deadline_s``; a transfer gets it per part), enforced
+  around botocore's per-read timeouts and retries; an unreachable endpoint, a missing bucket, a
+  server that never answers or missing credentials end with one BackendUnavailableError line
+  naming the endpoint.
+
 ETags are opaque strings: S3's ETag, or the sha256 of the content for files.
 """
 
@@ -38,6 +47,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from atft_core.atomic import fsync_dir
 from atft_core.registry.errors import (
     AlreadyExistsError,
+    BackendUnavailableError,
     NotFoundError,
     PreconditionError,
     RegistryError,
@@ -54,6 +64,17 @@ class ObjectInfo:
     size: int
     etag: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """A listed object (or leftover of an interrupted write); ``modified`` is epoch seconds."""
+
+    key: str
+    size: int
+    modified: float
+    upload_id: str | None = None  # S3 unfinished multipart upload
+    path: Path | None = None  # file:// leftover temp file
 
 
 def sha256_file(path: str | Path, chunk: int = 4 * MB) -> str:
@@ -91,6 +112,16 @@ class ObjectStore(Protocol):
     def head(self, key: str) -> ObjectInfo | None: ...
 
     def list_keys(self, prefix: str) -> list[str]: ...
+
+    def list_info(self, prefix: str) -> list[ListedObject]: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def list_leftovers(self, prefix: str) -> list[ListedObject]: ...
+
+    def remove_leftover(self, item: ListedObject) -> None: ...
+
+    def describe(self) -> str: ...
 
 
 # =========================================================================== file://
@@ -266,6 +297,53 @@ class FileStore:
                 out.append(Path(dirpath, name).relative_to(self.root).as_posix())
         return sorted(out)
 
+    def list_info(self, prefix: str) -> list[ListedObject]:
+        out = []
+        for key in self.list_keys(prefix):
+            with contextlib.suppress(FileNotFoundError):
+                st = (self.root / key).stat()
+                out.append(ListedObject(key, st.st_size, st.st_mtime))
+        return out
+
+    def delete(self, key: str) -> None:
+        p = self._path(key)
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+        fsync_dir(p.parent)
+        # drop directories the deletion emptied (never the root)
+        d = p.parent
+        while d != self.root and d.is_relative_to(self.root):
+            try:
+                d.rmdir()
+            except OSError:
+                break
+            d = d.parent
+
+    def list_leftovers(self, prefix: str) -> list[ListedObject]:
+        """``.tmp-*`` files :meth:`_write_temp` leaves when a writer is killed mid-write."""
+        base = self.root / prefix.rstrip("/") if prefix else self.root
+        out = []
+        for dirpath, _, filenames in os.walk(base) if base.is_dir() else ():
+            for name in filenames:
+                if name.startswith(".tmp-"):
+                    p = Path(dirpath, name)
+                    with contextlib.suppress(FileNotFoundError):
+                        st = p.stat()
+                        out.append(ListedObject(p.relative_to(self.root).as_posix(), st.st_size,
+                                                st.st_mtime, path=p))
+        return sorted(out, key=lambda o: o.key)
+
+    def remove_leftover(self, item: ListedObject) -> None:
+        assert item.path is not None and item.path.name.startswith(".tmp-")
+        assert item.path.resolve().is_relative_to(self.root)
+        with contextlib.suppress(FileNotFoundError):
+            item.path.unlink()
+        with contextlib.suppress(OSError):  # the run directory, if now empty
+            item.path.parent.rmdir()
+
+    def describe(self) -> str:
+        return f"directory {self.root}"
+
 
 # =========================================================================== s3://
 def _parse_airflow_aws_conn(raw: str) -> dict[str, Any]:
@@ -365,38 +443,44 @@ class S3Store:
         endpoint_url: overrides :func:`resolve_s3_settings`.
         multipart_threshold_mb / multipart_chunksize_mb / max_concurrency: transfer manager.
         checksum_algorithm: S3 integrity checksum sent with every upload ("SHA256" or "CRC32").
-        connect_timeout_s / read_timeout_s / max_attempts: botocore timeouts and retries.
+        deadline_s: total deadline of one call (retries included); transfers get it per part.
+        connect_timeout_s / read_timeout_s / max_attempts: botocore per-attempt limits (capped
+            by ``deadline_s``).
     """
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
                  multipart_threshold_mb: int = 8, multipart_chunksize_mb: int = 8,
                  max_concurrency: int = 4, checksum_algorithm: str = "SHA256",
-                 connect_timeout_s: float = 10.0, read_timeout_s: float = 60.0,
-                 max_attempts: int = 4) -> None:
+                 deadline_s: float = 60.0, connect_timeout_s: float = 10.0,
+                 read_timeout_s: float = 60.0, max_attempts: int = 4) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config as BotoConfig
 
+        if not deadline_s > 0:
+            raise RegistryError(f"S3 deadline must be > 0 s, got {deadline_s}")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         for p in self.prefix.split("/") if self.prefix else ():
             check_name(p, "S3 prefix component")
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.settings = resolve_s3_settings(endpoint_url)
+        self.deadline_s = float(deadline_s)
         kwargs = {k: v for k, v in self.settings.items() if k != "source" and v is not None}
         boto_cfg = BotoConfig(
             retries={"max_attempts": max_attempts, "mode": "standard"},
-            connect_timeout=connect_timeout_s,
-            read_timeout=read_timeout_s,
+            connect_timeout=min(connect_timeout_s, self.deadline_s),
+            read_timeout=min(read_timeout_s, self.deadline_s),
             s3={"addressing_style": "path"} if kwargs.get("endpoint_url") else {},
             max_pool_connections=max(10, max_concurrency * 2),
         )
         self.client = boto3.session.Session(botocore_session=_botocore_session()).client(
             "s3", config=boto_cfg, **kwargs)
         self.checksum_algorithm = checksum_algorithm
+        self.part_bytes = multipart_chunksize_mb * MB
         self.transfer_config = TransferConfig(
             multipart_threshold=multipart_threshold_mb * MB,
-            multipart_chunksize=multipart_chunksize_mb * MB,
+            multipart_chunksize=self.part_bytes,
             max_concurrency=max_concurrency,
         )
         # s3transfer rejects IfNoneMatch as an upload argument: inject it for immutable keys.
@@ -405,6 +489,63 @@ class S3Store:
             events.register(f"before-parameter-build.s3.{op}", self._force_create_only)
         self._local = threading.local()
 
+    def describe(self) -> str:
+        return f"S3 endpoint {self.settings.get('endpoint_url') or 'AWS (default endpoint)'}"
+
+    # ------------------------------------------------------------- total deadline
+    def _bounded(self, what: str, fn: Any, *, deadline_s: float | None = None) -> Any:
+        """Run ``fn()`` (botocore calls) with a total deadline.
+
+        botocore's timeouts are per connect / per socket read and multiply with retries, and a
+        server trickling bytes never trips them; so the call runs in a daemon thread and the
+        caller stops waiting at the deadline. The abandoned thread ends at its next per-read
+        timeout (capped by the deadline) and never blocks interpreter exit."""
+        deadline = self.deadline_s if deadline_s is None else deadline_s
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as err:  # handed to the caller below
+                box["error"] = err
+
+        t = threading.Thread(target=target, daemon=True, name=f"atft-s3-{what.split()[0]}")
+        t.start()
+        t.join(deadline)
+        if t.is_alive():
+            raise BackendUnavailableError(
+                f"{self.uri}: {self.describe()} gave no answer to {what} within the "
+                f"{deadline:g} s deadline (registry.s3_deadline_s)")
+        if "error" in box:
+            raise self._translate(box["error"], what) from None
+        return box.get("value")
+
+    def _translate(self, err: BaseException, what: str) -> BaseException:
+        """Transport and bucket-level failures -> one BackendUnavailableError line."""
+        import botocore.exceptions as bx
+
+        where = f"{self.uri}: {self.describe()}"
+        if isinstance(err, bx.NoCredentialsError | bx.PartialCredentialsError):
+            return BackendUnavailableError(f"{where}: no S3 credentials ({err}); set "
+                                           "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+        if isinstance(err, bx.EndpointConnectionError | bx.ConnectionClosedError):
+            return BackendUnavailableError(f"{where} is unreachable during {what}: {err}")
+        if isinstance(err, bx.ConnectTimeoutError | bx.ReadTimeoutError):
+            return BackendUnavailableError(f"{where} timed out during {what}: {err}")
+        if isinstance(err, bx.ClientError):
+            code = self._code(err)
+            if code == "NoSuchBucket":
+                return BackendUnavailableError(
+                    f"{where}: bucket {self.bucket!r} does not exist (NoSuchBucket during {what})")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+                return BackendUnavailableError(f"{where} refused {what}: {code} (check the S3 "
+                                               "keys and the bucket policy)")
+        return err
+
+    def _transfer_deadline(self, size: int) -> float:
+        return self.deadline_s * max(1, -(-size // self.part_bytes))
+
+    # ------------------------------------------------------------- keys
     def _full(self, key: str) -> str:
         _check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -418,10 +559,10 @@ class S3Store:
             params["IfNoneMatch"] = "*"
 
     @staticmethod
-    def _code(err: Exception) -> str:
+    def _code(err: BaseException) -> str:
         return str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
 
-    def _raise_conditional(self, err: Exception, key: str, if_match: str | None) -> None:
+    def _raise_conditional(self, err: BaseException, key: str, if_match: str | None) -> None:
         code = self._code(err)
         if code in ("PreconditionFailed", "412"):
             if if_match is None:
@@ -433,6 +574,7 @@ class S3Store:
             raise PreconditionError(f"{self.uri}/{key} does not exist (If-Match)") from None
         raise err
 
+    # ------------------------------------------------------------- objects
     def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str:
         from botocore.exceptions import ClientError
@@ -446,7 +588,8 @@ class S3Store:
         elif if_none_match:
             kwargs["IfNoneMatch"] = "*"
         try:
-            resp = self.client.put_object(Bucket=self.bucket, Key=full, Body=data, **kwargs)
+            resp = self._bounded(f"PutObject {key}", lambda: self.client.put_object(
+                Bucket=self.bucket, Key=full, Body=data, **kwargs))
         except ClientError as err:
             self._raise_conditional(err, key, if_match)
             raise
@@ -462,9 +605,14 @@ class S3Store:
 
         full = self._full(key)
         extra = {"ChecksumAlgorithm": self.checksum_algorithm, "Metadata": {"sha256": sha256}}
-        try:
+
+        def upload() -> None:
             with self._manager() as tm:
                 tm.upload(str(path), self.bucket, full, extra_args=extra).result()
+
+        try:
+            self._bounded(f"upload {key}", upload,
+                          deadline_s=self._transfer_deadline(Path(path).stat().st_size))
         except ClientError as err:
             self._raise_conditional(err, key, None)
             raise
@@ -472,21 +620,31 @@ class S3Store:
     def get_bytes(self, key: str) -> tuple[bytes, str]:
         from botocore.exceptions import ClientError
 
-        try:
+        def get() -> tuple[bytes, str]:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._full(key))
+            with contextlib.closing(resp["Body"]) as body:
+                return body.read(), str(resp["ETag"])
+
+        try:
+            return self._bounded(f"GetObject {key}", get)
         except ClientError as err:
             if self._code(err) in ("NoSuchKey", "404"):
                 raise NotFoundError(f"{self.uri}/{key} not found") from None
             raise
-        with contextlib.closing(resp["Body"]) as body:
-            return body.read(), str(resp["ETag"])
 
     def download(self, key: str, dest: Path) -> None:
         from botocore.exceptions import ClientError
 
-        try:
+        info = self.head(key)
+        if info is None:
+            raise NotFoundError(f"{self.uri}/{key} not found")
+
+        def fetch() -> None:
             with self._manager() as tm:
                 tm.download(self.bucket, self._full(key), str(dest)).result()
+
+        try:
+            self._bounded(f"download {key}", fetch, deadline_s=self._transfer_deadline(info.size))
         except ClientError as err:
             if self._code(err) in ("NoSuchKey", "404"):
                 raise NotFoundError(f"{self.uri}/{key} not found") from None
@@ -496,21 +654,60 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            r = self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+            r = self._bounded(f"HeadObject {key}", lambda: self.client.head_object(
+                Bucket=self.bucket, Key=self._full(key)))
         except ClientError as err:
             if self._code(err) in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise
         return ObjectInfo(key, int(r["ContentLength"]), str(r["ETag"]), dict(r.get("Metadata", {})))
 
-    def list_keys(self, prefix: str) -> list[str]:
-        full = self._full(prefix.rstrip("/")) + "/" if prefix else (
+    def _list_prefix(self, prefix: str) -> str:
+        return self._full(prefix.rstrip("/")) + "/" if prefix else (
             f"{self.prefix}/" if self.prefix else "")
-        out: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=full):
-            out.extend(self._rel(o["Key"]) for o in page.get("Contents", []))
-        return sorted(out)
+
+    def list_info(self, prefix: str) -> list[ListedObject]:
+        full = self._list_prefix(prefix)
+
+        def page(token: str | None) -> dict[str, Any]:
+            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full}
+            if token:
+                kw["ContinuationToken"] = token
+            return self.client.list_objects_v2(**kw)
+
+        out: list[ListedObject] = []
+        token = None
+        while True:  # one deadline per page (1000 keys)
+            resp = self._bounded(f"ListObjectsV2 {full or '/'}", lambda t=token: page(t))
+            out.extend(ListedObject(self._rel(o["Key"]), int(o.get("Size", 0)),
+                                    o["LastModified"].timestamp())
+                       for o in resp.get("Contents", []))
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                break
+        return sorted(out, key=lambda o: o.key)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return [o.key for o in self.list_info(prefix)]
+
+    def delete(self, key: str) -> None:
+        full = self._full(key)
+        self._bounded(f"DeleteObject {key}", lambda: self.client.delete_object(
+            Bucket=self.bucket, Key=full))
+
+    def list_leftovers(self, prefix: str) -> list[ListedObject]:
+        """Unfinished multipart uploads (a killed publish of a large file) under ``prefix``."""
+        full = self._list_prefix(prefix)
+        resp = self._bounded(f"ListMultipartUploads {full}", lambda: self.client.list_multipart_uploads(
+            Bucket=self.bucket, Prefix=full))
+        return [ListedObject(self._rel(u["Key"]), 0, u["Initiated"].timestamp(),
+                             upload_id=u["UploadId"]) for u in resp.get("Uploads", [])]
+
+    def remove_leftover(self, item: ListedObject) -> None:
+        assert item.upload_id is not None
+        full = self._full(item.key)
+        self._bounded(f"AbortMultipartUpload {item.key}", lambda: self.client.abort_multipart_upload(
+            Bucket=self.bucket, Key=full, UploadId=item.upload_id))
 
 
 # =========================================================================== uri
