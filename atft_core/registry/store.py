@@ -310,9 +310,10 @@ class FileStore:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
         fsync_dir(p.parent)
-        # drop directories the deletion emptied (never the root)
+        # drop directories the deletion emptied, but never a top-level one (runs/, selfcheck/):
+        # a concurrent writer may be about to create its sub-directory there
         d = p.parent
-        while d != self.root and d.is_relative_to(self.root):
+        while d.parent != self.root and d.is_relative_to(self.root):
             try:
                 d.rmdir()
             except OSError:
