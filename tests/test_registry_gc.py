@@ -47,14 +47,14 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def publish_killed_halfway(reg: Registry, run_dir: Path, run_id: str) -> None:
+def publish_killed_halfway(reg: Registry, run_dir: Path, run_id: str) -> None:  # noqa: F811
     endpoint = reg.store.settings["endpoint_url"] if hasattr(reg.store, "settings") else ""
     proc = subprocess.run([sys.executable, "-c", KILLER, reg.uri, endpoint or "", str(run_dir),
                            run_id], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout, proc.stderr)
 
 
-def raw_delete(reg: Registry, key: str) -> None:
+def raw_delete(reg: Registry, key: str) -> None:  # noqa: F811
     reg.store.delete(key)
 
 

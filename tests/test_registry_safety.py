@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from s3_proxy import HeaderStrippingProxy, SilentServer
 from test_registry import all_keys, make_run_dir, reg  # noqa: F401  (reg: file + s3 fixture)
 
 from atft_core.registry import (
@@ -17,7 +18,6 @@ from atft_core.registry import (
     UnsafeBackendError,
 )
 from atft_core.registry import selfcheck as selfcheck_mod
-from s3_proxy import HeaderStrippingProxy, SilentServer
 
 pytest_plugins = ["s3_server"]
 
