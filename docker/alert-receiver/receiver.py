@@ -47,9 +47,10 @@ class Handler(BaseHTTPRequestHandler):
         for a in alerts:
             labels = a.get("labels", {})
             summary = a.get("annotations", {}).get("summary", "")
-            print(f"{self.path} {a.get('status', '?')} {labels.get('alertname', '?')} "
-                  f"severity={labels.get('severity', '?')} dag_id={labels.get('dag_id', '-')} "
-                  f"{summary}", flush=True)
+            line = (f"{self.path} {a.get('status', '?')} {labels.get('alertname', '?')} "
+                    f"severity={labels.get('severity', '?')} dag_id={labels.get('dag_id', '-')} "
+                    f"{summary}")
+            print(line.rstrip(), flush=True)
         self._reply(200)
 
 
