@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -48,6 +49,54 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"atft: config error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - known failures become one line, the rest re-raise
+        known = explain_error(err)
+        if known is None:
+            raise
+        message, code = known
+        print(f"atft {_command_name(args)}: {message}", file=sys.stderr)
+        return code
+
+
+# errnos that mean "the input path is wrong" (exit 2) rather than "the machine failed" (exit 1)
+_INPUT_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    parts = [args.command] + [v for k, v in vars(args).items()
+                              if k.endswith(("_cmd", "_area")) and isinstance(v, str)]
+    return " ".join(p for p in parts if p)
+
+
+def explain_error(err: BaseException) -> tuple[str, int] | None:
+    """(one-line message, exit code) for failures a user can act on; None: a bug, re-raise.
+
+    Disk full (ENOSPC), read-only or unwritable paths and missing files are explained wherever
+    they happen (ingest, train, publish, ...); so are unusable checkpoints / weights files and a
+    run dir that is not ours. Exit 2 for bad input, 1 for a machine/environment failure."""
+    if isinstance(err, OSError) and err.errno is not None:
+        where = err.filename or "the target"
+        if err.errno == errno.ENOSPC:
+            return f"no space left on the device holding {where} (disk full); free space and rerun", 1
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return f"cannot write {where}: {err.strerror} (read-only or not permitted)", 1
+        if err.errno in _INPUT_ERRNOS:
+            return f"{err.strerror}: {where}", 2
+        return f"{err.strerror or err}: {where}", 1
+    for module, name in _INPUT_ERRORS:
+        # a class whose module was never imported cannot have been raised: no import needed
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(err, cls):
+            return str(err), 2
+    return None
+
+
+# input errors raised deep inside a command (exit 2, message as is)
+_INPUT_ERRORS = (
+    ("atft_core.train.checkpoint", "CheckpointError"),  # corrupt/truncated/foreign checkpoint
+    ("atft_core.train.api", "RunDirError"),  # run dir holding files atft did not write
+    ("atft_core.validation.runner", "DocsDirError"),  # Data Docs folder that is not ours
+)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ Decisions recorded here (SPEC is silent):
   Airflow Params form all go through the same validation.
 * Every model is ``extra="forbid"`` and ``frozen``: a config never changes after loading; a
   changed config is a new object (``cfg.model_copy(update=...)`` or ``apply_overrides``).
+* Every float is finite (``allow_inf_nan=False`` on every section: ``x < nan`` is always False,
+  so a NaN threshold would pass anything) and bounded by its Field constraints.
+* What ``atft train`` would refuse is refused here, at load time, so ``atft config`` and the DAG's
+  conf check reject it before any work: no phases, no epoch in any phase, a monitor that is not
+  a metric the trainer logs, ``hpo.lr_min > hpo.lr_max``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -32,7 +37,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: NaN/inf in any float field (and float containers) is a validation error
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- data
@@ -123,7 +129,7 @@ class ModelConfig(_Section):
     gat_layers: int = Field(2, ge=1, le=4)
     fan_top_k: int = Field(3, ge=1, le=32)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    quantiles: tuple[float, ...] = ()
+    quantiles: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...] = ()
 
 
 # --------------------------------------------------------------------------- losses
@@ -137,7 +143,7 @@ class LossWeights(_Section):
 class LossConfig(_Section):
     point: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(1.0, gt=0.0)
-    horizon_weights: dict[int, float] = {1: 1.0, 5: 0.8, 10: 0.5, 20: 0.3}
+    horizon_weights: dict[int, Annotated[float, Field(ge=0.0, le=100.0)]] = {1: 1.0, 5: 0.8, 10: 0.5, 20: 0.3}
     softrank_temperature: float = Field(0.1, gt=0.0)
 
 
@@ -208,6 +214,18 @@ class TrainConfig(_Section):
     phases: tuple[PhaseConfig, ...] = Field(default_factory=default_phases)
     max_train_batches_per_epoch: int | None = Field(None, ge=1)
 
+    @field_validator("phases")
+    @classmethod
+    def _some_epochs(cls, v: tuple[PhaseConfig, ...]) -> tuple[PhaseConfig, ...]:
+        if not v:
+            raise ValueError("at least one phase is needed (train.phases is empty)")
+        if sum(p.epochs for p in v) < 1:
+            raise ValueError("every phase has 0 epochs: nothing would be trained")
+        names = [p.name for p in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phase names must be distinct, got {names}")
+        return v
+
 
 class HPOConfig(_Section):
     n_trials: int = Field(8, ge=1)
@@ -229,8 +247,8 @@ class HPOConfig(_Section):
 class GateConfig(_Section):
     # gogooku3's targets were min_rank_ic 0.18 / min_sharpe 0.849 on real data -- far above what
     # published GAT results reach (SPEC 5), so the honest defaults are much lower.
-    min_rank_ic: float = 0.02
-    min_sharpe: float = 0.5
+    min_rank_ic: float = Field(0.02, ge=-1.0, le=1.0, description="RankIC is a correlation")
+    min_sharpe: float = Field(0.5, ge=-100.0, le=100.0, description="annualised Sharpe@1d")
     tolerance: float = Field(0.005, ge=0.0, description="allowed RankIC@1d shortfall vs champion")
     paired_alpha: float = Field(0.05, gt=0.0, lt=1.0, description="one-sided paired t-test level")
     min_coverage: float = Field(0.9, ge=0.0, le=1.0)
@@ -260,6 +278,15 @@ class MetricsConfig(_Section):
     stale_after_trading_days: int = Field(2, ge=1, le=20, description="retrain-stale alert deadline")
 
 
+def monitor_names(horizons: Iterable[int]) -> set[str]:
+    """Per-epoch metrics an early-stopping / scheduler monitor may name (the trainer's record:
+    ``val/loss``, ``train/loss`` and train.predict.quick_metrics per horizon)."""
+    out = {"val/loss", "train/loss"}
+    for h in horizons:
+        out |= {f"val/rank_ic_{h}d", f"val/ic_{h}d", f"val/sharpe_{h}d"}
+    return out
+
+
 class Config(_Section):
     run_root: str = "var/runs"  # one directory per training run (checkpoints, metrics, report)
     work_root: str = "var/work"  # per-DAG-run intermediates, keyed by dag_id and data interval
@@ -282,6 +309,18 @@ class Config(_Section):
         missing = [h for h in self.features.horizons if h not in self.loss.horizon_weights]
         if missing:
             raise ValueError(f"loss.horizon_weights has no weight for horizons {missing}")
+        return self
+
+    @model_validator(mode="after")
+    def _monitors_are_logged_metrics(self) -> Config:
+        known = monitor_names(self.features.horizons)
+        for key, name in (("train.early_stopping.monitor", self.train.early_stopping.monitor),
+                          ("train.scheduler.monitor", self.train.scheduler.monitor)):
+            if name not in known:
+                raise ValueError(f"{key} {name!r} is not a metric the trainer logs; "
+                                 f"one of {sorted(known)}")
+        if self.hpo.lr_min > self.hpo.lr_max:
+            raise ValueError(f"hpo.lr_min {self.hpo.lr_min} > hpo.lr_max {self.hpo.lr_max}")
         return self
 
     @property

@@ -42,6 +42,7 @@ from atft_core.batch import DayBatch
 from atft_core.config import Config, GraphConfig
 from atft_core.features import FEATURE_COLUMNS, target_columns
 from atft_core.graph import build_day_graph
+from atft_core.ranks import average_ranks  # noqa: F401 (re-exported: atft_core.dataset.average_ranks)
 
 
 # --------------------------------------------------------------------------- splits
@@ -147,25 +148,6 @@ class Panel:
         """Dates whose cross-section has at least ``min_stocks`` stocks."""
         counts = self.usable.sum(0).numpy()
         return [d for d, c in zip(self.dates, counts) if c >= min_stocks]
-
-
-def average_ranks(y: np.ndarray) -> np.ndarray:
-    """1-based ranks along axis 0 with ties averaged (as scipy's rankdata 'average'); NaNs are
-    ranked after every number and must be masked by the caller. Vectorised over the other axes."""
-    n = y.shape[0]
-    order = np.argsort(y, axis=0, kind="stable")
-    s = np.take_along_axis(y, order, axis=0)
-    pos = np.arange(n).reshape((n,) + (1,) * (y.ndim - 1))
-    pos = np.broadcast_to(pos, y.shape)
-    differs = s[1:] != s[:-1]  # NaN != NaN: NaNs never tie
-    edge = np.ones((1,) + y.shape[1:], dtype=bool)
-    is_first = np.concatenate([edge, differs], axis=0)
-    is_last = np.concatenate([differs, edge], axis=0)
-    first = np.maximum.accumulate(np.where(is_first, pos, 0), axis=0)
-    last = np.flip(np.minimum.accumulate(np.flip(np.where(is_last, pos, n), 0), axis=0), 0)
-    ranks = np.empty(y.shape, dtype=np.float64)
-    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=0)
-    return ranks
 
 
 def normalise_targets(y_raw: np.ndarray, mask: np.ndarray, how: str) -> np.ndarray:

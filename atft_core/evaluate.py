@@ -16,7 +16,7 @@ Definitions (decisions recorded here; SPEC names the metrics, not every conventi
   value is exactly 0 do not count.
 * Long-short: per day order valid rows by pred (descending, ties by Code), long the top
   ``max(1, floor(0.2 n))``, short the bottom as many, equal weight; the day's return is
-  mean(y long) - mean(y short). ``sharpe_{h}d`` = mean/std (ddof=1) * sqrt(245). For h > 1 the
+  mean(y long) - mean(y short). ``sharpe_{h}d`` = mean/std (ddof=1) * sqrt(TRADING_DAYS_PER_YEAR=245). For h > 1 the
   daily series holds overlapping h-day returns (each day's h-day label taken as that day's P&L,
   as Qlib does with its label), so this Sharpe overstates a tradable h-day strategy's.
 * ``max_drawdown_{h}d``: largest fall (a positive number) of the cumulative SUM of daily
@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-ANNUALISATION = 245
+TRADING_DAYS_PER_YEAR = 245  # JPX sessions in a typical year
+SHARPE_ANNUALISATION = math.sqrt(TRADING_DAYS_PER_YEAR)  # daily mean/std -> annualised Sharpe
 LS_QUANTILE = 0.2
 JPX_PORTFOLIO = 200
 
@@ -214,7 +215,7 @@ def evaluate_predictions(preds: pl.DataFrame, horizons: tuple[int, ...]) -> dict
             f"rank_ic_tstat_{h}d": _num(_ratio(ric_m, ric_s) * math.sqrt(n_ric)),
             f"hit_rate_{h}d": _num(hits / hit_n) if hit_n else None,
             f"ls_return_{h}d": _num(ls_m),
-            f"sharpe_{h}d": _num(_ratio(ls_m, ls_s) * math.sqrt(ANNUALISATION)),
+            f"sharpe_{h}d": _num(_ratio(ls_m, ls_s) * SHARPE_ANNUALISATION),
             f"max_drawdown_{h}d": _num(max_drawdown(ls)),
             f"turnover_{h}d": _num(_mean_std(col(f"turnover_{h}d"))[0]),
             f"pred_std_{h}d": _num(_mean_std(col(f"pred_std_{h}d"))[0]),

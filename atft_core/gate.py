@@ -23,6 +23,12 @@ Rules, in this order; the candidate is promoted iff every applicable check passe
    (non-degenerate cross-sectional spread), ``n_days >= 1`` and every daily value finite.
 No champion: rules 1 and 3 only. ``force=True`` (UI) promotes whatever the rules say, needs an
 ``actor``, and is recorded (``forced``, ``decision_without_force``, the failed reasons).
+
+A champion that exists but cannot be evaluated (``champion=None`` with ``champion_unavailable``
+saying why, e.g. it was trained on another feature set) is NOT "no champion": rule 2 cannot be
+applied, so ``not_worse`` fails and the candidate is rejected unless forced. Passing on the
+absolute thresholds alone would let a worse model replace a good one whenever scoring the
+champion breaks. The reason is kept in the record (``champion_unavailable`` and ``reasons``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from atft_core.config import GateConfig
+from atft_core.jsonsafe import json_safe
 
 SUMMARY_KEYS = ("rank_ic_1d", "sharpe_1d", "coverage", "pred_std_1d", "n_days")
 
@@ -56,6 +63,7 @@ class GateDecision:
     comparison: dict[str, Any] | None
     thresholds: dict[str, float]
     decided_at: str
+    champion_unavailable: str | None = None  # a champion exists but could not be evaluated: why
 
     @property
     def promote(self) -> bool:
@@ -64,22 +72,10 @@ class GateDecision:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["reasons"] = list(self.reasons)
-        return _json_safe(d)
+        return json_safe(d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _num(d: Mapping[str, Any], key: str) -> float | None:
@@ -188,7 +184,8 @@ def _compare(candidate: Mapping[str, Any], champion: Mapping[str, Any],
 
 
 def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, cfg: GateConfig,
-           force: bool = False, actor: str | None = None) -> GateDecision:
+           force: bool = False, actor: str | None = None, *,
+           champion_unavailable: str | None = None) -> GateDecision:
     """Apply SPEC 7 (see the module docstring for the exact rules).
 
     Args:
@@ -196,6 +193,8 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, cfg
         champion: evaluation dict of the current champion on the same window, or None.
         cfg: thresholds.
         force: promote regardless (manual override); requires ``actor``; recorded.
+        champion_unavailable: with ``champion=None``, why an existing champion could not be
+            evaluated; the candidate is then rejected unless forced (see the module doc).
     Returns:
         GateDecision (``.to_dict()`` is JSON-able).
     """
@@ -222,7 +221,13 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, cfg
     reasons += thr
 
     comparison = None
-    if champion is None:
+    if champion is not None and champion_unavailable:
+        raise ValueError("champion_unavailable is only meaningful without champion metrics")
+    if champion is None and champion_unavailable:
+        checks["not_worse"] = False
+        reasons.append(f"champion could not be evaluated ({champion_unavailable}); the candidate "
+                       "cannot be shown not worse: rejected unless forced")
+    elif champion is None:
         checks["not_worse"] = None
     else:
         ok, why, comparison = _compare(candidate, champion, cfg)
@@ -245,4 +250,5 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, cfg
         comparison=comparison,
         thresholds=cfg.model_dump(),
         decided_at=datetime.now(UTC).isoformat(),
+        champion_unavailable=champion_unavailable,
     )

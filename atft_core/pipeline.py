@@ -307,7 +307,8 @@ def gate(ctx: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     full = json.loads(Path(evaluation["evaluation_path"]).read_text())
     params = ctx.get("params") or {}
     decision = decide(full["candidate"], full["champion"], cfg.gate,
-                      force=bool(params.get("force")), actor=params.get("actor") or ctx.get("run_id"))
+                      force=bool(params.get("force")), actor=params.get("actor") or ctx.get("run_id"),
+                      champion_unavailable=full.get("note") if full["champion"] is None else None)
     record = decision.to_dict() | {"champion_run_id": full.get("champion_run_id")}
     _write_json(wd / "gate_decision.json", record)
     cand, champ = full["candidate"], full["champion"]

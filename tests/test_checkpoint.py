@@ -117,11 +117,112 @@ def test_weights_roundtrip_with_metadata(tmp_path):
         assert torch.equal(state[k], v)
 
 
+def _tiny_state(seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    return {"model": model.state_dict(), "config_sha256": "c" * 64, "history": [], "best_value": 0.5}
+
+
 def test_latest_and_prune(tmp_path):
     for e in (1, 2, 10, 3):
-        (tmp_path / f"epoch_{e:04d}.pt").write_bytes(b"x")
+        ck.save_checkpoint(tmp_path / f"epoch_{e:04d}.pt", _tiny_state(e))
     (tmp_path / ".epoch_0011.pt.abc.tmp").write_bytes(b"partial")
     assert ck.latest_checkpoint(tmp_path).name == "epoch_0010.pt"
     ck.prune_checkpoints(tmp_path, keep_last=2)
     assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_0003.pt", "epoch_0010.pt"]
     assert ck.latest_checkpoint(tmp_path / "missing") is None
+
+
+# --------------------------------------------------------------------------- issue 12, fault 8
+def _flip_tensor_byte(path, tensor: torch.Tensor) -> None:
+    """Flip one byte inside ``tensor``'s stored data (torch stores zip entries uncompressed)."""
+    blob = bytearray(path.read_bytes())
+    raw = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+    at = blob.find(raw)
+    assert at > 0, "tensor bytes not found in the file"
+    blob[at + len(raw) // 2] ^= 0x40
+    path.write_bytes(bytes(blob))
+
+
+def test_flipped_byte_in_checkpoint_is_detected_and_named(tmp_path):
+    state = _tiny_state(1)
+    path = ck.save_checkpoint(tmp_path / "epoch_0001.pt", state)
+    ck.load_checkpoint(path)  # verifies
+    _flip_tensor_byte(path, state["model"]["weight"])
+    # torch itself still loads it: the flip is only visible to the checksum
+    assert torch.load(path, weights_only=True)["format"] == ck.CHECKPOINT_FORMAT
+    with pytest.raises(ck.CheckpointError, match=r"epoch_0001\.pt: checksum mismatch"):
+        ck.load_checkpoint(path)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous_valid(tmp_path, caplog):
+    states = {e: _tiny_state(e) for e in (1, 2, 3)}
+    for e, st in states.items():
+        ck.save_checkpoint(tmp_path / f"epoch_{e:04d}.pt", st)
+    _flip_tensor_byte(tmp_path / "epoch_0003.pt", states[3]["model"]["bias"])
+    (tmp_path / "epoch_0002.pt").write_bytes((tmp_path / "epoch_0002.pt").read_bytes()[:100])  # truncated
+    with caplog.at_level("WARNING", logger="atft.train"):
+        scan = ck.scan_checkpoints(tmp_path)
+    assert scan.newest_valid.name == "epoch_0001.pt" and scan.fell_back
+    assert [p.name for p, _ in scan.skipped] == ["epoch_0003.pt", "epoch_0002.pt"]
+    assert "checksum mismatch" in scan.skipped[0][1] and "truncated" in scan.skipped[1][1]
+    assert scan.config_sha256 == "c" * 64
+    assert "epoch_0003.pt" in caplog.text and "epoch_0002.pt" in caplog.text
+    assert ck.latest_checkpoint(tmp_path).name == "epoch_0001.pt"
+    loaded = ck.load_checkpoint(scan.newest_valid)
+    assert torch.equal(loaded["model"]["weight"], states[1]["model"]["weight"])
+
+
+def test_no_valid_checkpoint_is_an_error_not_a_silent_fresh_start(tmp_path):
+    ck.save_checkpoint(tmp_path / "epoch_0001.pt", _tiny_state())
+    (tmp_path / "epoch_0001.pt").write_bytes(b"\x00" * 64)
+    with pytest.raises(ck.CheckpointError, match="no usable checkpoint.*epoch_0001.pt"):
+        ck.latest_checkpoint(tmp_path)
+
+
+def test_checkpoint_digest_covers_every_kind_of_value():
+    base = {"a": torch.zeros(3), "b": [1, 2.5, None, "x", True], "c": {0: torch.ones(2, dtype=torch.bfloat16)}}
+    d0 = ck.content_digest(base)
+    for changed in ({**base, "a": torch.tensor([0.0, 0.0, 1e-30])},
+                    {**base, "a": torch.zeros(3, dtype=torch.float64)},
+                    {**base, "a": torch.zeros(1, 3)},
+                    {**base, "b": [1, 2.5, None, "y", True]},
+                    {**base, "b": [1, 2.5000001, None, "x", True]},
+                    {**base, "b": [1, 2.5, None, "x", 1]},
+                    {**base, "c": {1: torch.ones(2, dtype=torch.bfloat16)}}):
+        assert ck.content_digest(changed) != d0
+    assert ck.content_digest(dict(reversed(list(base.items())))) == d0  # key order is irrelevant
+
+
+# --------------------------------------------------------------------------- issue 12, fault 10
+def test_identical_weights_give_byte_identical_safetensors(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    meta = {"phase": "graph", "phase_index": 1, "epoch": 3, "monitor": "val/rank_ic_5d",
+            "value": 0.12, "blocks": {"gat": True, "fan": False, "attention": True},
+            "config_sha256": "ab" * 32, "horizons": [1, 5, 10, 20]}
+    blobs = set()
+    for i in range(12):  # safetensors' header map order varied from one save to the next
+        ck.save_weights(tmp_path / f"m{i}.safetensors", model.state_dict(), dict(reversed(meta.items()))
+                        if i % 2 else meta)
+        blobs.add((tmp_path / f"m{i}.safetensors").read_bytes())
+    assert len(blobs) == 1
+    state, got = ck.load_weights(tmp_path / "m0.safetensors")
+    assert got == meta
+    for k, v in model.state_dict().items():
+        assert torch.equal(state[k], v)
+    blob = blobs.pop()
+    assert int.from_bytes(blob[:8], "little") % 8 == 0  # header stays 8-byte aligned
+
+
+# --------------------------------------------------------------------------- issue 12, fault 12
+def test_pickle_named_safetensors_and_truncated_weights_are_clear_errors(tmp_path):
+    fake = tmp_path / "model.safetensors"
+    torch.save({"weight": torch.zeros(2)}, fake)  # a pickle/zip under the safetensors name
+    with pytest.raises(ck.CheckpointError, match="model.safetensors is not a readable safetensors"):
+        ck.load_weights(fake)
+    real = tmp_path / "real.safetensors"
+    ck.save_weights(real, torch.nn.Linear(3, 2).state_dict(), {"epoch": 1})
+    real.write_bytes(real.read_bytes()[:-10])
+    with pytest.raises(ck.CheckpointError, match="real.safetensors is not a readable safetensors"):
+        ck.load_weights(real)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import re
 import subprocess
 import urllib.parse
@@ -25,6 +26,7 @@ from bin_helpers import (
 )
 
 from atft_core import observability as obs
+from atft_core.observability import pusher as obs_pusher
 from atft_core.config import MetricsConfig
 from atft_core.observability import METRICS, Delivery, MetricsPusher
 
@@ -170,7 +172,7 @@ def test_atomic_write_failure_keeps_old_file_and_never_raises(tmp_path, monkeypa
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(obs.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with caplog.at_level(logging.WARNING, logger="atft_core.observability"):
         d = p.features(99, 2.0)
     assert d.kind == "dropped" and "disk full" in d.error
@@ -198,13 +200,13 @@ def test_gateway_down_falls_back_to_textfile_and_backs_off(tmp_path, monkeypatch
     cfg = MetricsConfig(pushgateway_url=f"http://127.0.0.1:{port}", textfile_dir=str(tmp_path),
                         push_timeout_seconds=2.0, retry_after_seconds=60.0)
     calls = []
-    real = obs.pushadd_to_gateway
+    real = obs_pusher.pushadd_to_gateway
 
     def counting(*a, **k):
         calls.append(k["grouping_key"])
         return real(*a, **k)
 
-    monkeypatch.setattr(obs, "pushadd_to_gateway", counting)
+    monkeypatch.setattr(obs_pusher, "pushadd_to_gateway", counting)
     p = MetricsPusher(cfg, dag_id="d", task_id="train", environ={}, clock=clock)
     with caplog.at_level(logging.WARNING, logger="atft_core.observability"):
         d1 = p.train_epoch(1, 0, 10.0, {1: 0.1}, 1.0, 0.0, 0)

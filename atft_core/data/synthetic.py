@@ -77,6 +77,7 @@ from atft_core.atomic import atomic_write_bytes
 from atft_core.calendar import trading_days_from
 from atft_core.config import SyntheticConfig
 from atft_core.data.schema import CANONICAL_COLUMNS, CANONICAL_SCHEMA
+from atft_core.ranks import average_ranks
 
 # TSE 33-sector codes (0050 Fishery ... 9050 Services)
 SECTOR33_CODES = (
@@ -213,24 +214,10 @@ def _suspensions(rng: np.random.Generator, shape, rate: float) -> np.ndarray:
 def _row_ranks(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """1-based average ranks of x within each row over ``valid`` entries (others: arbitrary).
 
-    One argsort + scatter; rows with exact ties (e.g. zero oracles of stocks without peers) are
-    re-ranked with scipy's average method so the result is Spearman's definition.  (T, N)
+    atft_core.ranks.average_ranks (ties averaged: Spearman's definition); float32 holds ranks
+    (and the centred products below) exactly up to ~4,000 stocks a day.  (T, N)
     """
-    filled = np.where(valid, x, np.inf)  # invalid entries sort last
-    order = np.argsort(filled, axis=1)
-    # float32 holds ranks (and the centred products below) exactly up to ~4,000 stocks a day;
-    # half the memory traffic of float64
-    positions = np.broadcast_to(np.arange(1, x.shape[1] + 1, dtype=np.float32), x.shape)
-    ranks = np.empty(x.shape, dtype=np.float32)
-    np.put_along_axis(ranks, order, positions, axis=1)
-    srt = np.take_along_axis(filled, order, axis=1)
-    tied = ((srt[:, 1:] == srt[:, :-1]) & np.isfinite(srt[:, 1:])).any(axis=1)
-    if tied.any():
-        from scipy.stats import rankdata
-
-        for i in np.nonzero(tied)[0]:
-            ranks[i, valid[i]] = rankdata(x[i, valid[i]])
-    return ranks
+    return average_ranks(np.where(valid, x, np.nan), axis=1).astype(np.float32)
 
 
 def _spearman_daily(pred: np.ndarray, real: np.ndarray, min_n: int = MIN_IC_STOCKS) -> float:

@@ -11,6 +11,13 @@ Decisions (SPEC is silent):
 * :func:`evaluate_run_dir` builds the panel with the *run's* config (its features/lookback/graph)
   but takes the window from ``split_cfg`` (the current pipeline config), so a candidate and a
   champion are scored on the same dates.
+* A run dir holds one run (:func:`prepare_run_dir`). Resuming needs a checkpoint that verifies
+  and was written with the same config; both are checked before anything is written. A fresh
+  start (``resume=False``, or nothing to resume) into a dir that holds an earlier run's files
+  moves that dir aside to ``{name}.prev-{UTC time}`` (never deleted, never mixed: the keep-last-2
+  rule and a later resume only ever see this run's checkpoints); a dir holding files atft did not
+  write is refused. The config hash is recorded in config.yaml, metrics.json, every checkpoint
+  and the safetensors metadata, so a publish can check they agree.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +35,14 @@ from typing import Any
 import torch
 
 from atft_core.config import Blocks, Config, config_from_yaml_text
-from atft_core.train.checkpoint import atomic_write_text, load_weights
+from atft_core.jsonsafe import json_safe
+from atft_core.train.checkpoint import (
+    CheckpointError,
+    CheckpointScan,
+    atomic_write_text,
+    load_weights,
+    scan_checkpoints,
+)
 from atft_core.train.loop import EpochHook, FitResult, Trainer, resolve_device
 from atft_core.train.predict import Predictions, predict_loader, quick_metrics
 
@@ -46,6 +60,8 @@ class TrainResult:
         holdout_metrics: full evaluation of the best weights on the holdout window.
         history: per-epoch records (as in metrics.jsonl).
         nan_steps, nan_restores: NaN guard counters; resumed_from: checkpoint path or None.
+        skipped_checkpoints: newer checkpoints that failed verification on resume ({file, reason}).
+        moved_aside: where an earlier run found in ``run_dir`` was moved (fresh start), or None.
     """
 
     run_dir: Path
@@ -61,6 +77,8 @@ class TrainResult:
     global_step: int
     resumed_from: str | None
     train_seconds: float
+    skipped_checkpoints: tuple[dict[str, str], ...] = ()
+    moved_aside: str | None = None
 
 
 # --------------------------------------------------------------------------- data
@@ -207,19 +225,62 @@ def evaluate_run_dir(run_dir: str | Path, data: Any, window: str = "holdout",
     return evaluate_checkpoint(run_dir, data, window=window, split_cfg=split_cfg)
 
 
+# --------------------------------------------------------------------------- run dir
+# What train_run writes into a run dir (report.py adds *.png); anything else is not ours.
+RUN_DIR_FILES = frozenset({"config.yaml", "metrics.json", "metrics.jsonl", "model.safetensors",
+                           "report.md", "checkpoints"})
+
+
+class RunDirError(ValueError):
+    """The run dir cannot be used for this run (foreign files, unusable checkpoints)."""
+
+
+def _is_run_file(name: str) -> bool:
+    return name in RUN_DIR_FILES or name.endswith(".png") or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _move_aside(run_dir: Path) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    for i in range(1000):
+        dest = run_dir.with_name(f"{run_dir.name}.prev-{stamp}" + (f"-{i}" if i else ""))
+        if not dest.exists():
+            os.rename(run_dir, dest)  # same parent: atomic, nothing copied or deleted
+            return dest
+    raise RunDirError(f"cannot find a free name to move {run_dir} aside")
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> tuple[CheckpointScan, Path | None]:
+    """Check ``run_dir`` before anything is written (SPEC: a run dir holds exactly one run).
+
+    Returns (the resume point -- empty for a fresh start, the dir the earlier run was moved to).
+    Raises :class:`CheckpointError` (checkpoints exist but none verifies, or the newest valid one
+    was written with another config) or :class:`RunDirError` (files atft did not write).
+    """
+    scan = scan_checkpoints(run_dir / "checkpoints") if resume else CheckpointScan(None, ())
+    if scan.newest_valid is not None:
+        if scan.config_sha256 != cfg.sha256():
+            raise CheckpointError(
+                f"{scan.newest_valid} was written with a different config (sha256 "
+                f"{str(scan.config_sha256)[:12]} vs {cfg.sha256()[:12]}); resume with the same "
+                "config, or pass --no-resume / another run dir (nothing was written)")
+        return scan, None
+    if not run_dir.exists():
+        return scan, None
+    if not run_dir.is_dir():
+        raise RunDirError(f"run dir {run_dir} is a file, not a directory")
+    entries = sorted(p.name for p in run_dir.iterdir())
+    if not entries:
+        return scan, None
+    foreign = [n for n in entries if not _is_run_file(n)]
+    if foreign:
+        raise RunDirError(f"run dir {run_dir} holds files atft did not write ({', '.join(foreign[:5])}); "
+                          "pick an empty or new --run-dir (nothing was moved or deleted)")
+    dest = _move_aside(run_dir)
+    log.warning("fresh start: the earlier run in %s was moved aside to %s", run_dir, dest)
+    return scan, dest
+
+
 # --------------------------------------------------------------------------- train
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if hasattr(obj, "item"):
-        return _json_safe(obj.item())
-    return obj
-
-
 def train_run(
     cfg: Config,
     data: Any,
@@ -247,6 +308,7 @@ def train_run(
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
+    scan, moved_aside = prepare_run_dir(cfg, run_dir, resume)  # raises before any write
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     panel = as_panel(data, cfg)
@@ -284,10 +346,12 @@ def train_run(
         "samples_per_s_mean": (sum(r["stock_days"] for r in fit.history)
                                / max(sum(r["train_time_s"] for r in fit.history), 1e-9)),
         "resumed_from": fit.resumed_from,
+        "skipped_checkpoints": scan.describe(),
+        "moved_aside": str(moved_aside) if moved_aside else None,
         "compile_failed": trainer.state.compile_failed,
     }
     metrics_path = atomic_write_text(run_dir / "metrics.json",
-                                     json.dumps(_json_safe(summary), indent=2, sort_keys=False))
+                                     json.dumps(json_safe(summary), indent=2, sort_keys=False))
     if write_report:
         from atft_core.train.report import write_report as _write_report
 
@@ -297,10 +361,11 @@ def train_run(
         best_value=fit.best_value, best=fit.best, best_metrics=best_metrics, holdout_metrics=holdout,
         history=fit.history, nan_steps=fit.nan_steps, nan_restores=fit.nan_restores,
         global_step=fit.global_step, resumed_from=fit.resumed_from, train_seconds=train_seconds,
+        skipped_checkpoints=tuple(scan.describe()), moved_aside=str(moved_aside) if moved_aside else None,
     )
 
 
 __all__ = [
-    "TrainResult", "train_run", "evaluate_checkpoint", "evaluate_run_dir", "load_model",
+    "TrainResult", "train_run", "prepare_run_dir", "RunDirError", "evaluate_checkpoint", "evaluate_run_dir", "load_model",
     "load_features", "as_panel", "build_model", "window_dates", "predict_window", "quick_metrics",
 ]

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
-
 from atft_core.batch import DayBatch
-
-ANNUALISATION = math.sqrt(245.0)
+from atft_core.evaluate import SHARPE_ANNUALISATION
+from atft_core.ranks import average_ranks
 
 
 @dataclass(frozen=True)
@@ -124,7 +122,7 @@ def quick_metrics(p: Predictions, quantile: float = 0.2) -> dict[str, float]:
             y = p.y_raw[lo:hi, j][m].astype(np.float64)
             if x.std() == 0:
                 continue
-            ric.append(_corr(rankdata(x), rankdata(y)))
+            ric.append(_corr(average_ranks(x), average_ranks(y)))
             ic.append(_corr(x, y))
             n_q = max(1, int(len(x) * quantile))
             order = np.argsort(x, kind="stable")
@@ -133,5 +131,5 @@ def quick_metrics(p: Predictions, quantile: float = 0.2) -> dict[str, float]:
         out[f"ic_{h}d"] = float(np.nanmean(ic)) if ic else float("nan")
         r = np.asarray(ls)
         sd = r.std(ddof=1) if len(r) > 1 else 0.0
-        out[f"sharpe_{h}d"] = float(r.mean() / sd * ANNUALISATION) if sd > 0 else float("nan")
+        out[f"sharpe_{h}d"] = float(r.mean() / sd * SHARPE_ANNUALISATION) if sd > 0 else float("nan")
     return out

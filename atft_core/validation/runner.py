@@ -21,6 +21,11 @@ Decisions (SPEC 3.1 "validation decides what is fatal and what is masked"):
 * Freshness (when as_of is given and cfg.require_fresh): the latest expected XTKS session
   (calendar.latest_expected_trading_day(as_of)) must be present; rows after it are fatal.
   ``as_of=None`` skips both (the CLI defaults to today in Asia/Tokyo).
+* Data Docs folder: the site is built in a fresh temp dir and swapped in, so the folder is
+  replaced as a whole -- only when the tool owns it: it does not exist, is empty, or holds a
+  site this tool wrote (marker file ``.atft-data-docs``, or only the entries a GX site has). A
+  non-empty folder of anything else (``--docs .``, a home dir) is refused before any work,
+  nothing moved or deleted.
 """
 
 from __future__ import annotations
@@ -49,6 +54,28 @@ from atft_core.validation.suite import (
 
 N_EXAMPLES = 5
 DOCS_SITE = "atft_local"
+DOCS_MARKER = ".atft-data-docs"  # written into every site this tool builds
+GX_SITE_ENTRIES = frozenset({"index.html", "static", "validations", "expectations", DOCS_MARKER})
+
+
+class DocsDirError(ValueError):
+    """The Data Docs folder holds files this tool did not write; it is left untouched."""
+
+
+def check_docs_dir(docs_dir: Path) -> None:
+    """Raise :class:`DocsDirError` unless ``docs_dir`` may be replaced by a new site."""
+    if not docs_dir.exists():
+        return
+    if not docs_dir.is_dir() or docs_dir.is_symlink():
+        raise DocsDirError(f"Data Docs folder {docs_dir} is not a directory; pick another --docs")
+    names = {p.name for p in docs_dir.iterdir()}
+    if not names or DOCS_MARKER in names:
+        return
+    if "index.html" in names and names <= GX_SITE_ENTRIES:  # a site from before the marker
+        return
+    shown = ", ".join(sorted(names - GX_SITE_ENTRIES)[:5]) or ", ".join(sorted(names)[:5])
+    raise DocsDirError(f"Data Docs folder {docs_dir} is not empty and was not written by atft "
+                       f"(has {shown}); pass an empty or new folder with --docs (nothing was changed)")
 
 
 def _jsonable(v: Any) -> Any:
@@ -115,13 +142,18 @@ def _run_gx(frame: pl.DataFrame, expectations: list[dict], index_cols: list[str]
         if tmp_docs is not None:
             if not (tmp_docs / "index.html").exists():
                 raise RuntimeError(f"GX wrote no Data Docs index.html in {tmp_docs}")
-            old = docs_dir.with_name(f".{docs_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            (tmp_docs / DOCS_MARKER).write_text("Data Docs written by `atft validate`\n")
+            os.chmod(tmp_docs, 0o755)  # mkdtemp makes it 0700; the site is meant to be served
+            check_docs_dir(docs_dir)  # again: it may have changed while GX ran
+            old = None
             if docs_dir.exists():
+                # rename over a fresh empty dir of our own (no fixed name that could be someone's)
+                old = Path(tempfile.mkdtemp(prefix=f".{docs_dir.name}.old.", dir=docs_dir.parent))
                 os.replace(docs_dir, old)
             os.replace(tmp_docs, docs_dir)
-            shutil.rmtree(old, ignore_errors=True)
             tmp_docs = None
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)  # our previous site, checked above
             docs_index = str(docs_dir / "index.html")
         return list(vres.results), docs_index
     finally:
@@ -269,6 +301,8 @@ def validate_quotes(
 
     cfg = cfg or ValidationConfig()
     t0 = time.perf_counter()
+    if docs_dir is not None:
+        check_docs_dir(Path(docs_dir).resolve())  # before any work
     df, label = read_quotes(source)
     df, label = _window(df, label, start, end)
     d = derive(df, cfg, as_of)
