@@ -2,6 +2,11 @@
 
 Every write goes to a temp file in the destination directory, is fsync'ed, renamed over the
 target with ``os.replace``, and the directory is fsync'ed so the rename itself is durable.
+
+Mode: the temp file is created 0600 (mkstemp), so without care every atomically written file
+ended up private. The new file gets ``mode`` when given (e.g. 0600 for a secret), else the mode
+of the file it replaces, else 0644 (readable, like a plain ``open(..., "w")`` under umask 022).
+An OSError while writing (disk full, read-only filesystem) is re-raised naming the target.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,9 +38,27 @@ def atomic_write_bytes(path: str | Path, write: Callable[[io.BufferedWriter], No
                        mode: int | None = None) -> Path:
     """Write ``path`` atomically: temp file in the same dir, fsync, os.replace, fsync dir.
 
-    ``mode``: permission bits for the new file (the temp file is created 0600).
+    ``mode``: permission bits for the new file; default: those of the file it replaces, else
+    :data:`DEFAULT_MODE` (0644). Pass 0o600 for a secret.
     """
     path = Path(path)
+    try:
+        return _atomic_write(path, write, mode)
+    except OSError as err:
+        if err.filename is None and err.errno is not None:  # fsync/write errors name no file
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
+DEFAULT_MODE = 0o644
+
+
+def _atomic_write(path: Path, write, mode: int | None) -> Path:
+    if mode is None:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            mode = DEFAULT_MODE
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -45,8 +69,7 @@ def atomic_write_bytes(path: str | Path, write: Callable[[io.BufferedWriter], No
                 write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -64,7 +64,7 @@ _INPUT_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
 
 def _command_name(args: argparse.Namespace) -> str:
     parts = [args.command] + [v for k, v in vars(args).items()
-                              if k.endswith(("_cmd", "_area")) and isinstance(v, str)]
+                              if k.endswith(("_cmd", "_area", "_op")) and isinstance(v, str)]
     return " ".join(p for p in parts if p)
 
 

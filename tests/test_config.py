@@ -87,3 +87,43 @@ def test_cli_reports_config_errors(capsys):
     assert "model.nope: unknown key" in capsys.readouterr().err
     assert main(["config", "--config", "test", "train.seed=4"]) == 0
     assert "seed: 4" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- issue 12, faults 4 and 12
+def _float_leaves(node, prefix=()):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _float_leaves(v, (*prefix, str(k)))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _float_leaves(v, (*prefix, str(i)))
+    elif isinstance(node, float):
+        yield ".".join(prefix)
+
+
+def test_every_float_in_the_config_refuses_nan_and_inf():
+    keys = list(_float_leaves(load_config("default").to_dict()))
+    assert "gate.min_rank_ic" in keys and "train.phases.0.lr_scale" in keys and len(keys) > 30
+    for key in keys:
+        for bad in (".nan", ".inf", "-.inf"):
+            with pytest.raises(ConfigError, match=key.rsplit(".", 1)[-1]):
+                load_config("default", [f"{key}={bad}"])
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("train.phases=[]", "at least one phase"),
+    ("train.phases=[{name: a, epochs: 0}, {name: b, epochs: 0}]", "every phase has 0 epochs"),
+    ("train.phases=[{name: a, epochs: 1}, {name: a, epochs: 1}]", "distinct"),
+    ("train.early_stopping.monitor=val/rank_ic_3d", "early_stopping.monitor"),
+    ("train.scheduler.monitor=val/accuracy", "scheduler.monitor"),
+    ("hpo.lr_min=0.1", "lr_min"),
+    ("model.quantiles=[0.5, 1.5]", "quantiles"),
+])
+def test_config_refuses_what_train_would_refuse(override, needle, capsys):
+    from atft_core.cli import main
+
+    with pytest.raises(ConfigError, match=needle):
+        load_config("default", [override])
+    assert main(["config", override]) == 2  # `atft config` says so, one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("atft: config error:") and needle in err and err.count("\n") == 1

@@ -168,3 +168,39 @@ def test_force_is_recorded():
     assert json.loads(d.to_json())["forced"] is True
     with pytest.raises(ValueError, match="actor"):
         decide(bad, None, CFG, force=True)
+
+
+# --------------------------------------------------------------------------- issue 12, fault 6
+def test_champion_that_cannot_be_evaluated_rejects_unless_forced():
+    """A champion exists but scoring it failed: not "no champion" (which would pass on the
+    thresholds alone); the candidate cannot be shown not worse -> reject, reason recorded."""
+    good = make_eval(CHAMP + 0.05)
+    why = "champion 20240105-abc cannot be evaluated on this data: missing feature ret_60d"
+    d = decide(good, None, CFG, champion_unavailable=why)
+    assert d.decision == "reject" and not d.promote
+    assert d.checks == {"sanity": True, "thresholds": True, "not_worse": False}
+    assert d.champion_unavailable == why
+    assert any(why in r and "unless forced" in r for r in d.reasons)
+    rec = json.loads(d.to_json())
+    assert rec["champion_unavailable"] == why and rec["decision"] == "reject"
+
+    forced = decide(good, None, CFG, force=True, actor="alice", champion_unavailable=why)
+    assert forced.decision == "promote" and forced.decision_without_force == "reject"
+    assert forced.champion_unavailable == why and any(why in r for r in forced.reasons)
+
+    # no champion at all is still decided on rules 1 and 3
+    assert decide(good, None, CFG).decision == "promote"
+    with pytest.raises(ValueError, match="champion_unavailable"):
+        decide(good, make_eval(CHAMP), CFG, champion_unavailable=why)
+
+
+def test_gate_thresholds_must_be_finite():
+    """Issue 12 fault 4: `x < nan` is False, so a NaN threshold promoted anything."""
+    from atft_core.config import ConfigError, load_config
+
+    for key in ("gate.min_rank_ic", "gate.min_sharpe", "gate.tolerance"):
+        for bad in (".nan", ".inf", "-.inf"):
+            with pytest.raises(ConfigError, match=key.split(".")[1]):
+                load_config("default", [f"{key}={bad}"])
+    with pytest.raises(ConfigError, match="min_rank_ic"):
+        load_config("default", ["gate.min_rank_ic=1.5"])  # a rank correlation is in [-1, 1]

@@ -534,6 +534,11 @@ def test_every_stage_and_the_airflow_connection_path(prometheus, pushgateway, tm
     for _ in range(3):
         p.gate("reject", {1: 0.0}, {1: 0.01}, 0.1, 0.6, 0.02, 0.5)
     assert p.previous_value("gate", "atft_gate_rejections_consecutive") == 3.0
+    # the task-failure counter is read back and incremented through the API too
+    for _ in range(2):
+        p.task_failure("atft_itest", "check_fresh_data")
+    assert p.previous_value("retrain", "atft_task_failures_total", dag_id="atft_itest",
+                            task_id="check_fresh_data") == 2.0
     wait_until(lambda: _scalar(prometheus, 'atft_gate_rejections_consecutive{dag_id="atft_itest"}')
                == 3.0, what="gate metrics")
     wait_until(lambda: _scalar(prometheus, 'atft_train_epoch{dag_id="atft_itest"}') == 3.0,
@@ -635,3 +640,105 @@ def test_cli_metrics_list_and_where(capsys, monkeypatch):
     monkeypatch.setenv("ATFT_PUSHGATEWAY_URL", "http://pg:9091")
     assert main(["metrics", "where"]) == 0
     assert capsys.readouterr().out.strip() == "pushgateway http://pg:9091 (from ATFT_PUSHGATEWAY_URL)"
+
+
+# --------------------------------------------------------------------------- issue 12, fault 11
+class TrickleServer:
+    """127.0.0.1 HTTP server that answers one byte per second (at most ``max_bytes``), so a
+    client with only a per-read timeout never times out. Stopped by :meth:`stop` (thread join)."""
+
+    def __init__(self, max_bytes: int = 25):
+        import socket
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.max_bytes = max_bytes
+        self.stopped = threading.Event()
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        reply = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".ljust(self.max_bytes, b" ")
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            with conn:
+                for b in reply[: self.max_bytes]:
+                    if self.stopped.wait(1.0):
+                        break
+                    try:
+                        conn.sendall(bytes([b]))
+                    except OSError:  # the client gave up: next connection
+                        break
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def test_trickling_gateway_is_cut_at_the_total_deadline(tmp_path, caplog):
+    """push_timeout_seconds used to bound each read only: one byte a second held a push for
+    minutes. Now it is the deadline of the whole request; the push falls back to the textfile."""
+    import time
+
+    server = TrickleServer()
+    try:
+        cfg = MetricsConfig(pushgateway_url=server.url, textfile_dir=str(tmp_path),
+                            push_timeout_seconds=2.0)
+        p = MetricsPusher(cfg, dag_id="d", task_id="train", environ={})
+        t0 = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="atft_core.observability"):
+            d = p.stage("train", True, 1.0)
+        elapsed = time.monotonic() - t0
+    finally:
+        server.stop()
+    assert server.connections == 1
+    assert 1.9 <= elapsed < 2.0 + 1.5, elapsed  # the deadline, plus a little slack
+    assert d.kind == "textfile" and value(d.where, "atft_stage_success", stage="train") == 1.0
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and "within 2 s" in lines[0] and "falling back to the textfile" in lines[0]
+
+
+def test_request_with_deadline_bounds_reads_of_a_silent_server():
+    import socket
+    import time
+
+    from atft_core.observability import DeadlineExceeded, request_with_deadline
+
+    with socket.socket() as srv:  # accepts (backlog) but never answers
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="within 0.5 s"):
+            request_with_deadline(f"http://127.0.0.1:{srv.getsockname()[1]}/x", deadline_s=0.5)
+        assert time.monotonic() - t0 < 1.5
+
+
+# --------------------------------------------------------------------------- task failures counter
+def test_task_failures_counter_counts_failed_tries(tmp_path):
+    """atft_task_failures_total{dag_id,task_id} (issue 12 fault 16's metric): +1 per failed or
+    retried try, read back and incremented across pushers (one listener call per try)."""
+    from atft_core.observability import record_task_failure
+
+    cfg = MetricsConfig(textfile_dir=str(tmp_path))
+    p = MetricsPusher(cfg, environ={})
+    f = Path(p.task_result("atft_retrain", "check_fresh_data", "up_for_retry").where)
+    assert value(f, "atft_task_failures_total") == 1.0
+    assert record_task_failure(cfg, "atft_retrain", "check_fresh_data", environ={}).kind == "textfile"
+    assert value(f, "atft_task_failures_total") == 2.0
+    MetricsPusher(cfg, environ={}).task_result("atft_retrain", "check_fresh_data", "success")
+    MetricsPusher(cfg, environ={}).task_result("atft_retrain", "check_fresh_data", "upstream_failed")
+    assert value(f, "atft_task_failures_total") == 2.0  # success / upstream_failed do not count
+    assert value(f, "atft_task_success") == 0.0
+    other = Path(p.task_failure("atft_retrain", "train").where)
+    assert other != f and value(other, "atft_task_failures_total") == 1.0
+    assert "# TYPE atft_task_failures_total counter" in f.read_text()

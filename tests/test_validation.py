@@ -316,6 +316,8 @@ def test_cli_store_csv_and_data_docs(clean, tmp_path, capsys):
     assert d["success"] is False and d["rows"] == clean.height + 1
     assert {c["name"]: c["status"] for c in d["checks"]}["unique_keys"] == "fail"
     assert (docs / "index.html").exists()
+    assert (docs / ".atft-data-docs").exists()  # marked as ours, so a rerun may replace it
+    assert oct(docs.stat().st_mode & 0o777) == "0o755"  # served site: readable
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp sites left
 
 
@@ -343,3 +345,50 @@ def test_suite_file_is_consistent_with_python():
     bounded = next(e for e in exps if e["meta"]["check"] == "daily_return_bounded")
     assert bounded["kwargs"]["max_value"] == CFG.max_abs_daily_return
     assert bounded["kwargs"]["mostly"] == pytest.approx(1 - CFG.max_bad_tick_fraction)
+
+
+# --------------------------------------------------------------------------- issue 12, fault 1
+def _tree(root):
+    return sorted((str(p.relative_to(root)), p.read_bytes() if p.is_file() else b"")
+                  for p in root.rglob("*"))
+
+
+def test_docs_into_a_foreign_folder_is_refused_and_nothing_is_touched(clean, tmp_path, capsys,
+                                                                        monkeypatch):
+    """`--docs DIR` used to move DIR aside and delete it; `--docs .` wiped the working dir."""
+    data = tmp_path / "quotes.parquet"
+    clean.write_parquet(data)
+    work = tmp_path / "work"
+    (work / "src").mkdir(parents=True)
+    (work / "src" / "keep.py").write_text("print('mine')\n")
+    (work / "notes.md").write_text("# notes\n")
+    before = _tree(work)
+    monkeypatch.chdir(work)
+    as_of = last_day(clean).isoformat()
+    for docs in (".", str(work), "src"):
+        rc = main(["validate", str(data), "--as-of", as_of, "--docs", docs, "--config", "test"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("atft validate: Data Docs folder") and "not empty" in err
+        assert err.count("\n") == 1
+    assert _tree(work) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["quotes.parquet", "work"]
+
+
+def test_docs_folder_ownership_rules(tmp_path):
+    from atft_core.validation.runner import DOCS_MARKER, DocsDirError, check_docs_dir
+
+    check_docs_dir(tmp_path / "new")  # absent: fine
+    (tmp_path / "empty").mkdir()
+    check_docs_dir(tmp_path / "empty")
+    ours = tmp_path / "ours"
+    (ours / "static").mkdir(parents=True)
+    (ours / "index.html").write_text("<html>")
+    check_docs_dir(ours)  # a GX site written before the marker existed
+    (ours / "extra.txt").write_text("x")
+    with pytest.raises(DocsDirError, match="extra.txt"):
+        check_docs_dir(ours)
+    (ours / DOCS_MARKER).write_text("")
+    check_docs_dir(ours)  # marked as ours: replaced as a whole
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DocsDirError, match="not a directory"):
+        check_docs_dir(tmp_path / "file")

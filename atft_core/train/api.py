@@ -308,12 +308,13 @@ def train_run(
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    scan, moved_aside = prepare_run_dir(cfg, run_dir, resume)  # raises before any write
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     panel = as_panel(data, cfg)
     splits = make_splits(list(panel.dates), cfg)
     train_loader, val_loader = _loaders(panel, splits, cfg)
+    # every check (data, splits, run dir, resume point and its config) before the first write
+    scan, moved_aside = prepare_run_dir(cfg, run_dir, resume)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     model = build_model(cfg, len(panel.feature_names))
     trainer = Trainer(cfg, model, train_loader, val_loader, run_dir, on_epoch_end=on_epoch_end,
                       epochs_scale=epochs_scale, prune_hook=prune_hook)
