@@ -142,3 +142,10 @@ def test_ingest_and_publish_on_a_full_disk(tmp_path, capsys, monkeypatch):
     rc = main(["registry", "publish", str(run), "--uri", registry])
     assert rc == 1, capsys.readouterr()
     _one_line(capsys, "atft registry publish: no space left on ")
+
+
+def test_too_few_days_for_the_splits_is_one_line_and_writes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", "test", "--run-dir", str(run), "data.synthetic.n_days=60"]) == 2
+    assert "not enough trading days for the splits" in _one_line(capsys, "atft train: ")
+    assert not run.exists()

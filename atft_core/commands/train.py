@@ -5,6 +5,9 @@
     atft hpo [--config NAME] [--trials N] [--study NAME] [--storage URL] [key=value ...]
 
 Data always comes from cfg.data (synthetic market, or a parquet source in [start, end]).
+Input problems found while running (too few days for the splits, a window without dates, weights
+that do not fit the config) are ValueErrors with a message naming the problem: printed as one
+``atft train: ...`` line, exit 2. Disk/permission/checkpoint failures are explained by atft_core.cli.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--resume", dest="resume", action="store_true", default=True,
                    help="continue from the run dir's last checkpoint (default)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start from scratch")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_input_errors(_train, "train"))
 
     e = sub.add_parser("evaluate", help="evaluate saved weights on a window -> metrics JSON")
     add_config_args(e)
@@ -32,14 +35,33 @@ def register(sub) -> None:
     e.add_argument("--window", default="holdout", help="holdout | val | START:END (ISO dates)")
     e.add_argument("--out", default=None, help="write the metrics JSON here (default: stdout)")
     e.add_argument("--predictions", default=None, help="also write the predictions parquet here")
-    e.set_defaults(func=_evaluate)
+    e.set_defaults(func=_input_errors(_evaluate, "evaluate"))
 
     h = sub.add_parser("hpo", help="Optuna TPE + median pruning over the same train loop")
     add_config_args(h)
     h.add_argument("--trials", type=int, default=None, help="trials to run now (default hpo.n_trials)")
     h.add_argument("--study", default=None, help="study name (default hpo.study_name)")
     h.add_argument("--storage", default=None, help="Optuna storage URL (default hpo.storage)")
-    h.set_defaults(func=_hpo)
+    h.set_defaults(func=_input_errors(_hpo, "hpo"))
+
+
+def _input_errors(func, name: str):
+    """Run ``func``; a ValueError (bad data/window/weights for this config) -> one line, exit 2."""
+    import functools
+
+    from atft_core.config import ConfigError
+
+    @functools.wraps(func)
+    def run(args) -> int:
+        try:
+            return func(args)
+        except ConfigError:
+            raise  # cli.main prints config errors
+        except ValueError as err:
+            print(f"atft {name}: {err}", file=sys.stderr)
+            return 2
+
+    return run
 
 
 def _logging() -> None:

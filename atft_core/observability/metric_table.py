@@ -152,3 +152,16 @@ def _registry(families: list[Metric]) -> CollectorRegistry:
 def render(families: list[Metric]) -> str:
     """Prometheus text exposition of the families (what the textfile holds)."""
     return generate_latest(_registry(families)).decode()
+
+
+def _horizon(h: int | str) -> str:
+    s = str(h).removesuffix("d")
+    if not s.isdigit() or int(s) < 1:
+        raise ValueError(f"horizon {h!r} is not a positive number of days")
+    return f"{int(s)}d"
+
+
+def _per_horizon(name: str, values: Mapping[int | str, float]) -> list[tuple[str, dict, float]]:
+    if not values:
+        raise ValueError(f"{name}: empty per-horizon mapping")
+    return [(name, {"horizon": _horizon(h)}, v) for h, v in values.items()]

@@ -27,6 +27,7 @@ from atft_core.observability.metric_table import (
     STAGES,
     SUCCESS_STATES,
     TASK_FAILURES,
+    _per_horizon,
     _registry,
     build_families,
 )
@@ -66,19 +67,6 @@ def stale_deadline(data_day: dt.date, trading_days: int) -> float:
 def _day_timestamp(day: dt.date | str) -> float:
     d = dt.date.fromisoformat(day) if isinstance(day, str) else day
     return dt.datetime.combine(d, dt.time(0), tzinfo=TOKYO).timestamp()
-
-
-def _horizon(h: int | str) -> str:
-    s = str(h).removesuffix("d")
-    if not s.isdigit() or int(s) < 1:
-        raise ValueError(f"horizon {h!r} is not a positive number of days")
-    return f"{int(s)}d"
-
-
-def _per_horizon(name: str, values: Mapping[int | str, float]) -> list[tuple[str, dict, float]]:
-    if not values:
-        raise ValueError(f"{name}: empty per-horizon mapping")
-    return [(name, {"horizon": _horizon(h)}, v) for h, v in values.items()]
 
 
 class MetricsPusher:

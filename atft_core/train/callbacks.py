@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from atft_core.config import EarlyStoppingConfig
+from atft_core.jsonsafe import json_safe
 from atft_core.train.checkpoint import atomic_write_text
 
 log = logging.getLogger("atft.train")
@@ -58,16 +59,9 @@ class EarlyStopping:
 
 
 # --------------------------------------------------------------------------- metrics.jsonl
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
 def json_line(record: Mapping[str, Any]) -> str:
     # NaN/inf are written as null: strict JSON readers (Grafana, jq) reject NaN
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-    return json.dumps(clean, default=_json_default, sort_keys=False)
+    return json.dumps(json_safe(record), sort_keys=False, allow_nan=False)
 
 
 class JsonlLogger:
