@@ -273,7 +273,8 @@ class MetricsConfig(_Section):
     pushgateway_url: str | None = None
     textfile_dir: str = "var/metrics"
     job: str = Field("atft", min_length=1)
-    push_timeout_seconds: float = Field(5.0, gt=0.0, le=120.0)
+    push_timeout_seconds: float = Field(5.0, gt=0.0, le=120.0,
+                                        description="total deadline of one gateway request")
     retry_after_seconds: float = Field(60.0, ge=0.0, description="skip a failed gateway this long")
     stale_after_trading_days: int = Field(2, ge=1, le=20, description="retrain-stale alert deadline")
 

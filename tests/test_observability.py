@@ -742,3 +742,21 @@ def test_task_failures_counter_counts_failed_tries(tmp_path):
     other = Path(p.task_failure("atft_retrain", "train").where)
     assert other != f and value(other, "atft_task_failures_total") == 1.0
     assert "# TYPE atft_task_failures_total counter" in f.read_text()
+
+
+def test_gate_against_a_trickling_gateway_waits_one_deadline_in_total(tmp_path):
+    """gate() reads the rejection count back, then pushes: a bad gateway costs one deadline."""
+    import time
+
+    server = TrickleServer()
+    try:
+        cfg = MetricsConfig(pushgateway_url=server.url, textfile_dir=str(tmp_path),
+                            push_timeout_seconds=1.0)
+        p = MetricsPusher(cfg, dag_id="d", task_id="gate", environ={})
+        t0 = time.monotonic()
+        d = p.gate("reject", {1: 0.0}, None, 0.1, None, 0.02, 0.5)
+        elapsed = time.monotonic() - t0
+    finally:
+        server.stop()
+    assert d.kind == "textfile" and elapsed < 1.0 + 1.0, elapsed
+    assert value(d.where, "atft_gate_rejections_consecutive") == 1.0

@@ -25,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--run-dir", default=None, help="output dir (default: {run_root}/{config sha[:12]})")
     p.add_argument("--resume", dest="resume", action="store_true", default=True,
                    help="continue from the run dir's last checkpoint (default)")
-    p.add_argument("--no-resume", dest="resume", action="store_false", help="start from scratch")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start from scratch (an earlier run in the run dir is moved to DIR.prev-TIME)")
     p.set_defaults(func=_input_errors(_train, "train"))
 
     e = sub.add_parser("evaluate", help="evaluate saved weights on a window -> metrics JSON")

@@ -160,7 +160,10 @@ class MetricsPusher:
                         return float(g[name]["metrics"][0]["value"])
                 return None
             except Exception as err:  # noqa: BLE001
-                log.warning("metrics: reading %s from %s failed (%s)", name, gw.url, err)
+                # the push that follows would hit the same gateway: skip it for retry_after too
+                self._gateway_down_until = self.clock() + self.cfg.retry_after_seconds
+                log.warning("metrics: reading %s from %s failed (%s); using the textfile",
+                            name, gw.url, err)
         try:
             return read_textfile_value(self.textfile_path(group), name)
         except Exception as err:  # noqa: BLE001
