@@ -14,7 +14,8 @@ Decisions recorded here (SPEC is silent):
   so a NaN threshold would pass anything) and bounded by its Field constraints.
 * What ``atft train`` would refuse is refused here, at load time, so ``atft config`` and the DAG's
   conf check reject it before any work: no phases, no epoch in any phase, a monitor that is not
-  a metric the trainer logs, ``hpo.lr_min > hpo.lr_max``.
+  a metric the trainer logs, a hidden size the attention heads do not divide,
+  ``hpo.lr_min > hpo.lr_max``.
 """
 
 from __future__ import annotations
@@ -320,6 +321,11 @@ class Config(_Section):
             if name not in known:
                 raise ValueError(f"{key} {name!r} is not a metric the trainer logs; "
                                  f"one of {sorted(known)}")
+        heads = self.model.attn_heads
+        bad = [h for h in (self.model.hidden_size, *self.hpo.hidden_sizes) if h % heads]
+        if bad:  # nn.MultiheadAttention needs it; HPO trials take hidden sizes from the list
+            raise ValueError(f"model.hidden_size / hpo.hidden_sizes {bad} not divisible by "
+                             f"model.attn_heads {heads}")
         if self.hpo.lr_min > self.hpo.lr_max:
             raise ValueError(f"hpo.lr_min {self.hpo.lr_min} > hpo.lr_max {self.hpo.lr_max}")
         return self

@@ -117,6 +117,8 @@ def test_every_float_in_the_config_refuses_nan_and_inf():
     ("train.early_stopping.monitor=val/rank_ic_3d", "early_stopping.monitor"),
     ("train.scheduler.monitor=val/accuracy", "scheduler.monitor"),
     ("hpo.lr_min=0.1", "lr_min"),
+    ("model.hidden_size=30", "not divisible by model.attn_heads"),
+    ("hpo.hidden_sizes=[32, 30, 64]", "[30]"),
     ("model.quantiles=[0.5, 1.5]", "quantiles"),
 ])
 def test_config_refuses_what_train_would_refuse(override, needle, capsys):

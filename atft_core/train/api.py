@@ -298,11 +298,15 @@ def train_run(
     Args:
         cfg: the full config (saved as run_dir/config.yaml).
         data: features frame (``build_features`` output) or a built Panel.
+        resume: continue from the newest checkpoint that verifies (written with this same
+            config); False, or nothing to resume: a fresh start (:func:`prepare_run_dir`).
         on_epoch_end: called with every epoch's record (keys as in metrics.jsonl).
         epochs_scale, prune_hook: HPO (shorter phases; Optuna pruning).
         evaluate_holdout: score the best weights on the holdout window (HPO skips it).
     Outputs in run_dir: model.safetensors, config.yaml, metrics.jsonl, metrics.json, report.md,
     *.png, checkpoints/.
+    Raises (nothing written yet): ValueError (data too short for the splits), CheckpointError
+    (no checkpoint verifies, or another config's), RunDirError (files atft did not write).
     """
     from atft_core.dataset import make_splits
 
