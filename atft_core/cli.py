@@ -1,10 +1,17 @@
-"""`atft` command line: subcommands are discovered from :mod:`atft_core.commands`."""
+"""`atft` command line: subcommands are discovered from :mod:`atft_core.commands`.
+
+Failures a user can act on (config errors, disk full, read-only paths, missing files, corrupt
+checkpoints, a run or Data Docs dir that is not atft's) end as one ``atft CMD: ...`` line on
+stderr (exit 2: bad input, 1: the machine), see :func:`explain_error`; anything else is a bug
+and keeps its traceback. ``ATFT_TRACEBACK=1`` shows the traceback for the explained ones too.
+"""
 
 from __future__ import annotations
 
 import argparse
 import errno
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -51,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as err:  # noqa: BLE001 - known failures become one line, the rest re-raise
         known = explain_error(err)
-        if known is None:
+        if known is None or os.environ.get("ATFT_TRACEBACK"):  # ATFT_TRACEBACK=1: debug
             raise
         message, code = known
         print(f"atft {_command_name(args)}: {message}", file=sys.stderr)
