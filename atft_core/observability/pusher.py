@@ -146,7 +146,7 @@ class MetricsPusher:
             log.warning("metrics: textfile %s not written (%s); metrics dropped", path, err)
             return Delivery("dropped", str(path), error=str(err))
 
-    def previous_value(self, stage: str, name: str, *, dag_id: str | None = None,
+    def previous_value(self, stage: str, name: str, dag_id: str | None = None,
                        task_id: str | None = None) -> float | None:
         """Last value of an unlabelled metric in this pusher's group (gateway, then textfile)."""
         group = self.grouping(stage, dag_id, task_id)
