@@ -84,7 +84,8 @@ def _train(args) -> int:
     hold = {k: v for k, v in res.holdout_metrics.items() if not isinstance(v, dict | list)}
     print(json.dumps({"run_dir": str(run_dir), "best": res.best.get("value"), "best_epoch": res.best.get("epoch"),
                       "nan_steps": res.nan_steps, "resumed_from": res.resumed_from,
-                      "holdout": hold}, indent=2, default=str))
+                      "skipped_checkpoints": list(res.skipped_checkpoints),
+                      "moved_aside": res.moved_aside, "holdout": hold}, indent=2, default=str))
     return 0
 
 
