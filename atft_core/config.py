@@ -214,6 +214,7 @@ class TrainConfig(_Section):
     nan_guard: NanGuardConfig = NanGuardConfig()
     phases: tuple[PhaseConfig, ...] = Field(default_factory=default_phases)
     max_train_batches_per_epoch: int | None = Field(None, ge=1)
+    nproc: int = Field(1, ge=1, le=64, description="processes (torchrun DDP); GPUs: <= GPU count")
 
     @field_validator("phases")
     @classmethod
@@ -242,6 +243,13 @@ class HPOConfig(_Section):
     # MedianPruner on the per-epoch monitor
     pruner_startup_trials: int = Field(2, ge=0)
     pruner_warmup_epochs: int = Field(1, ge=0)
+    # workers sharing one study (atft_core.train.hpo): a trial whose worker stops beating for
+    # grace_s is failed and re-queued with the same parameters, at most max_retry times
+    heartbeat_s: int = Field(10, ge=1)
+    grace_s: int = Field(60, ge=2)
+    max_retry: int = Field(2, ge=0)
+    use_best_from: str | None = Field(None, description="best_params.yaml of a study -> overrides")
+    applied_trial: str | None = Field(None, description="set by hpo.resolve_config: study#trial used")
 
 
 # --------------------------------------------------------------------------- gate / registry / metrics

@@ -333,3 +333,47 @@ def test_quick_metrics_match_scipy():
     assert frame.columns == ["Date", "Code", *[f"pred_{h}d" for h in HORIZONS], *[f"y_{h}d" for h in HORIZONS]]
     assert frame.height == preds.pred.shape[0]
     assert frame["y_1d"].null_count() == int((~preds.mask[:, 0]).sum())
+
+
+# --------------------------------------------------------------------------- epoch-end callbacks
+def test_epoch_end_callbacks_run_in_the_documented_order(tmp_path):
+    from atft_core.train.callbacks import EpochEndCallback
+
+    tr = make_trainer(tmp_path)
+    assert [cb.name for cb in tr.callbacks] == [
+        "validate", "plateau_lr", "early_stop", "best_weights", "commit_epoch", "checkpoint",
+        "metrics_jsonl", "user_hook", "prune_hook", "phase_switch"]
+    for i, name in enumerate(["validate", "plateau_lr", "early_stop", "best_weights", "commit_epoch",
+                              "checkpoint", "metrics_jsonl", "user_hook", "prune_hook", "phase_switch"], 1):
+        assert f"{i}. ``{name}``" in loop_mod.__doc__  # the docstring lists the same order
+    seen = []
+
+    class Spy(EpochEndCallback):
+        name = "spy"
+
+        def on_epoch_end(self, state):
+            # after the checkpoint: the record is committed and the file on disk holds it
+            ck = load_checkpoint(sorted((tmp_path / "checkpoints").glob("*.pt"))[-1])
+            seen.append((state.rec["epoch"], ck["global_epoch"], state.rec["best"], state.rng is not None))
+
+    tr.callbacks.insert(tr.callbacks.index(next(c for c in tr.callbacks if c.name == "checkpoint")) + 1, Spy())
+    res = tr.fit()
+    assert seen == [(r["epoch"], r["epoch"] + 1, r["best"], True) for r in res.history]
+
+
+def test_callbacks_that_draw_random_numbers_cannot_change_the_run(tmp_path):
+    """The RNG bracket: a hook that draws from every RNG (dropout is on) leaves the run as it was."""
+    import random
+
+    def greedy(rec):
+        torch.rand(1000)
+        np.random.rand(10)  # noqa: NPY002
+        random.random()
+
+    a = make_trainer(tmp_path / "a")
+    ra = a.fit()
+    b = make_trainer(tmp_path / "b", on_epoch_end=greedy)
+    rb = b.fit()
+    assert [r["train/loss"] for r in ra.history] == [r["train/loss"] for r in rb.history]
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k

@@ -1,6 +1,6 @@
 """`atft train`, `atft evaluate`, `atft hpo`: the phased trainer from the command line.
 
-    atft train [--config NAME] [--run-dir DIR] [--resume/--no-resume] [key=value ...]
+    atft train [--config NAME] [--run-dir DIR] [--resume/--no-resume] [--nproc N] [key=value ...]
     atft evaluate (--run-dir DIR | --weights FILE --config NAME) [--window holdout|val|START:END]
     atft hpo [--config NAME] [--trials N] [--study NAME] [--storage URL] [key=value ...]
 
@@ -27,6 +27,9 @@ def register(sub) -> None:
                    help="continue from the run dir's last checkpoint (default)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start from scratch (an earlier run in the run dir is moved to DIR.prev-TIME)")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="processes (torch.distributed via the torchrun launcher; NCCL on GPUs, gloo on "
+                        "CPU; default train.nproc). The run resumes with any N")
     p.set_defaults(func=_input_errors(_train, "train"))
 
     e = sub.add_parser("evaluate", help="evaluate saved weights on a window -> metrics JSON")
@@ -40,7 +43,9 @@ def register(sub) -> None:
 
     h = sub.add_parser("hpo", help="Optuna TPE + median pruning over the same train loop")
     add_config_args(h)
-    h.add_argument("--trials", type=int, default=None, help="trials to run now (default hpo.n_trials)")
+    h.add_argument("--trials", type=int, default=None,
+                   help="finished trials the study should hold; any number of `atft hpo` workers on the "
+                        "same --storage share the work (default hpo.n_trials)")
     h.add_argument("--study", default=None, help="study name (default hpo.study_name)")
     h.add_argument("--storage", default=None, help="Optuna storage URL (default hpo.storage)")
     h.set_defaults(func=_input_errors(_hpo, "hpo"))
@@ -74,18 +79,29 @@ def _train(args) -> int:
     from pathlib import Path
 
     from atft_core.config import load_config
+    from atft_core.train import ddp, hpo
     from atft_core.train.api import load_features, train_run
 
     _logging()
-    cfg = load_config(args.config, args.overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run_root) / cfg.sha256()[:12]
-    feats = load_features(cfg)
-    res = train_run(cfg, feats, run_dir, resume=args.resume)
-    hold = {k: v for k, v in res.holdout_metrics.items() if not isinstance(v, dict | list)}
-    print(json.dumps({"run_dir": str(run_dir), "best": res.best.get("value"), "best_epoch": res.best.get("epoch"),
-                      "nan_steps": res.nan_steps, "resumed_from": res.resumed_from,
-                      "skipped_checkpoints": list(res.skipped_checkpoints),
-                      "moved_aside": res.moved_aside, "holdout": hold}, indent=2, default=str))
+    cfg = hpo.resolve_config(load_config(args.config, args.overrides))
+    nproc = cfg.train.nproc if args.nproc is None else args.nproc
+    ddp.check_settings(cfg, nproc)  # ValueError -> one line, exit 2 (_input_errors)
+    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run_root) / ddp.identity_sha256(cfg)[:12]
+    if ddp.launched_by_torchrun():  # `torchrun ... -m atft_core.cli train`: this process is one rank
+        summary = ddp.train_as_rank(cfg, run_dir, args.resume)
+        if summary is not None:
+            print(json.dumps(summary, indent=2, default=str))
+        return 0
+    if nproc > 1:
+        try:
+            summary = ddp.launch_train(cfg, run_dir, nproc, resume=args.resume)
+        except ddp.LaunchError as err:
+            print(f"atft train: {err}", file=sys.stderr)
+            return 1
+    else:
+        cfg = ddp.without_nproc(cfg)
+        summary = ddp.run_summary(train_run(cfg, load_features(cfg), run_dir, resume=args.resume))
+    print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
@@ -128,10 +144,16 @@ def _hpo(args) -> int:
     _logging()
     cfg = load_config(args.config, args.overrides)
     storage = args.storage or cfg.hpo.storage
+    if args.trials is not None and args.trials < 1:
+        print(f"atft hpo: --trials must be >= 1, got {args.trials}", file=sys.stderr)
+        return 2
     study = hpo.create_study(cfg, study_name=args.study, storage=storage)
     feats = load_features(cfg)
-    for _ in range(args.trials or cfg.hpo.n_trials):
-        r = hpo.run_trial(cfg, feats, study_name=study.study_name, storage=storage)
+    for r in hpo.run_worker(cfg, feats, study_name=study.study_name, storage=storage, n_trials=args.trials):
         print(json.dumps(r, default=str))
-    print(json.dumps(hpo.summarise(study.study_name, storage), indent=2, default=str))
+    summary = hpo.summarise(study.study_name, storage)
+    if summary["best"] is not None:
+        summary["best_params_path"] = str(hpo.write_best_overrides(
+            storage, study.study_name, hpo.best_params_path(cfg, study.study_name)))
+    print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from atft_core.train.checkpoint import (
     load_weights,
     scan_checkpoints,
 )
+from atft_core.train.ddp import DistContext
 from atft_core.train.loop import EpochHook, FitResult, Trainer, resolve_device
 from atft_core.train.predict import Predictions, predict_loader, quick_metrics
 
@@ -292,7 +293,8 @@ def train_run(
     prune_hook: Callable[[int, float], None] | None = None,
     evaluate_holdout: bool = True,
     write_report: bool = True,
-) -> TrainResult:
+    dist: DistContext | None = None,
+) -> TrainResult | None:
     """Train a candidate in ``run_dir`` (resuming its last checkpoint when ``resume``).
 
     Args:
@@ -303,6 +305,8 @@ def train_run(
         on_epoch_end: called with every epoch's record (keys as in metrics.jsonl).
         epochs_scale, prune_hook: HPO (shorter phases; Optuna pruning).
         evaluate_holdout: score the best weights on the holdout window (HPO skips it).
+        dist: a torch.distributed rank (:mod:`atft_core.train.ddp`); ranks other than 0 train
+            and return None, rank 0 writes and evaluates.
     Outputs in run_dir: model.safetensors, config.yaml, metrics.jsonl, metrics.json, report.md,
     *.png, checkpoints/.
     Raises (nothing written yet): ValueError (data too short for the splits), CheckpointError
@@ -315,14 +319,20 @@ def train_run(
     panel = as_panel(data, cfg)
     splits = make_splits(list(panel.dates), cfg)
     train_loader, val_loader = _loaders(panel, splits, cfg)
-    # every check (data, splits, run dir, resume point and its config) before the first write
-    scan, moved_aside = prepare_run_dir(cfg, run_dir, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    is_main = dist is None or dist.is_main
+    if is_main:
+        # every check (data, splits, run dir, resume point and its config) before the first write
+        scan, moved_aside = prepare_run_dir(cfg, run_dir, resume)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    if dist is not None:
+        dist.barrier()  # the other ranks look for a resume point only once rank 0 prepared the dir
     model = build_model(cfg, len(panel.feature_names))
     trainer = Trainer(cfg, model, train_loader, val_loader, run_dir, on_epoch_end=on_epoch_end,
-                      epochs_scale=epochs_scale, prune_hook=prune_hook)
+                      epochs_scale=epochs_scale, prune_hook=prune_hook, dist=dist)
     fit: FitResult = trainer.fit(resume=resume)
+    if not is_main:
+        return None
     train_seconds = time.perf_counter() - t0
 
     best_model, _, _ = load_model(run_dir, cfg)

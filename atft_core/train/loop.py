@@ -4,17 +4,34 @@ Per optimizer step: the day batch is split into micro-batches of ``grad_accum_da
 (weights = share of days, so the accumulated gradient is the batch mean of per-day losses),
 forward under bf16 autocast (CUDA or CPU), loss in fp32, backward, grad-norm clip, one host sync
 to check that loss and grad norm are finite (NaN guard), AdamW step with the LR from
-:class:`LRController` (warmup + plateau + NaN shrink).
+:class:`LRController` (warmup + plateau + NaN shrink). Under ``torchrun`` (``dist`` enabled,
+:mod:`atft_core.train.ddp`) each rank runs the forward of its contiguous share of the batch's
+days, the predictions are gathered so every rank evaluates the *whole batch's* loss (cross-day
+Sharpe included), backward reaches only the rank's own rows, and the parameter gradients are
+summed over ranks: the step equals one process with the same global batch.
 
-Per epoch: validation predictions -> metrics (``val/...``), plateau + per-phase early stopping on
-the monitored metric, best weights (global over all phases; the blocks that were on are stored
-in the safetensors metadata), an atomic checkpoint, a metrics.jsonl line, the optional
-``on_epoch_end(record)`` hook.
+Per epoch, the epoch-end callbacks run in this order (:func:`~atft_core.train.callbacks.
+default_epoch_end_callbacks`); the order is what exact resume needs:
 
-Exact resume: a checkpoint is written at the end of every epoch with model/optimizer/LR/early
-stopping/NaN-guard state, the epoch history and the RNG states; the loaders' order is a pure
-function of ``set_epoch(global_epoch)``. RNG states are captured at the checkpoint and restored
-after the epoch-end hooks run, so hooks cannot make a resumed run diverge from an uninterrupted one.
+1. ``validate``      val metrics into the record (rank 0 evaluates and broadcasts).
+2. ``plateau_lr``    ReduceLROnPlateau scale on ``scheduler.monitor``.
+3. ``early_stop``    patience on ``early_stopping.monitor`` (+ NaN-guard counters).
+4. ``best_weights``  global best -> ``model.safetensors``; before the checkpoint, so a checkpoint
+                     never names a best epoch whose weights are not on disk.
+5. ``commit_epoch``  record -> history, epoch counters advance.
+6. ``checkpoint``    RNG captured, checkpoint written atomically (rank 0), NaN-guard restore point.
+                     Everything above changes checkpointed state and so must come before it;
+                     everything below only has effects that a resume replays or rewrites.
+7. ``metrics_jsonl`` one line (a resume rewrites the file from the checkpoint's history).
+8. ``user_hook``     the caller's ``on_epoch_end(record)``.
+9. ``prune_hook``    HPO pruning (may raise ``optuna.TrialPruned``).
+10. ``phase_switch`` phase done (epochs or early stop) -> next phase; derived from checkpointed
+                     state only, so :meth:`Trainer.fit` takes the same switch on resume.
+
+The RNG bracket lives in one place, :meth:`Trainer._epoch_end`: after the callbacks (even when
+one raises) the RNG states are put back to the ones the checkpoint captured, so hooks that draw
+random numbers cannot make an uninterrupted run differ from one resumed from that checkpoint.
+The loaders' order is a pure function of ``set_epoch(global_epoch)``.
 """
 
 from __future__ import annotations
@@ -33,20 +50,22 @@ import torch
 
 from atft_core.batch import DayBatch
 from atft_core.config import Config, LossWeights, PhaseConfig
-from atft_core.train.callbacks import EarlyStopping, JsonlLogger, Progress
+from atft_core.train.callbacks import (
+    EarlyStopping,
+    EpochEndCallback,
+    JsonlLogger,
+    Progress,
+    default_epoch_end_callbacks,
+)
 from atft_core.train.checkpoint import (
     CheckpointError,
-    capture_rng,
-    checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
-    prune_checkpoints,
     restore_rng,
-    save_checkpoint,
-    save_weights,
 )
+from atft_core.train.ddp import SINGLE_PROCESS, DistContext, check_settings, identity_sha256
 from atft_core.train.nan_guard import NanGuard
-from atft_core.train.phases import blocks_dict, resolve_phases
+from atft_core.train.phases import resolve_phases
 from atft_core.train.predict import Predictions, autocast_ctx, predict_loader, quick_metrics
 from atft_core.train.scheduler import LRController
 
@@ -143,6 +162,18 @@ class LoopState:
     compile_failed: bool = False
 
 
+@dataclass
+class EpochEnd:
+    """What the epoch-end callbacks share: the trainer, the phase, the epoch record they fill,
+    the monitored value and the RNG states the checkpoint captured."""
+
+    trainer: Trainer
+    phase: PhaseConfig
+    rec: dict[str, Any]
+    value: float = math.nan
+    rng: dict[str, Any] | None = None
+
+
 @dataclass(frozen=True)
 class FitResult:
     """What :meth:`Trainer.fit` returns (api.TrainResult adds holdout metrics)."""
@@ -170,6 +201,10 @@ class Trainer:
         epochs_scale: HPO shortens every phase by this factor.
         prune_hook: called with (global_epoch, monitored value) after each epoch; HPO raises
             optuna.TrialPruned from it.
+        callbacks: epoch-end steps (default :func:`default_epoch_end_callbacks`, whose order the
+            module docstring explains).
+        dist: the torch.distributed context (:func:`atft_core.train.ddp.init_distributed`);
+            default one process.
     """
 
     def __init__(
@@ -186,11 +221,18 @@ class Trainer:
         prune_hook: Callable[[int, float], None] | None = None,
         progress: Progress | None = None,
         keep_checkpoints: int = 2,
+        callbacks: list[EpochEndCallback] | None = None,
+        dist: DistContext | None = None,
     ) -> None:
         self.cfg = cfg
         self.tc = cfg.train
         self.horizons = tuple(cfg.features.horizons)
-        self.device = resolve_device(self.tc.device)
+        self.dist = dist or SINGLE_PROCESS
+        self.device = self.dist.device_for(resolve_device(self.tc.device))
+        if self.dist.enabled:
+            if prune_hook is not None:
+                raise ValueError("HPO pruning runs one process per trial; prune_hook needs nproc=1")
+            check_settings(cfg, self.dist.world_size)
         self.model = model.to(self.device)
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -212,6 +254,8 @@ class Trainer:
         self.guard = NanGuard(self.tc.nan_guard)
         self.jsonl = JsonlLogger(self.run_dir / "metrics.jsonl")
         self.state = LoopState()
+        self.callbacks = callbacks if callbacks is not None else default_epoch_end_callbacks()
+        self.config_sha256 = identity_sha256(cfg)
         self._forward = self._init_forward()
 
     # ------------------------------------------------------------------ forward / compile
@@ -242,11 +286,12 @@ class Trainer:
         return self.loss_fn(pred.float(), b, weights, self.cfg.loss, self.horizons)
 
     # ------------------------------------------------------------------ checkpoint state
-    def _checkpoint_state(self, rng: dict[str, Any]) -> dict[str, Any]:
+    def checkpoint_state(self, rng: dict[str, Any], rng_ranks: list[Any] | None = None) -> dict[str, Any]:
         s = self.state
         return {
             "config_yaml": self.cfg.to_yaml(),
-            "config_sha256": self.cfg.sha256(),
+            "config_sha256": self.config_sha256,
+            "world_size": self.dist.world_size,
             "phase_index": s.phase_index,
             "phase_name": self.phases[s.phase_index].name,
             "epoch_in_phase": s.epoch_in_phase,
@@ -261,14 +306,15 @@ class Trainer:
             "early_stopping": self.early.state_dict(),
             "nan_guard": self.guard.state_dict(),
             "rng": rng,
+            "rng_ranks": rng_ranks or [],
         }
 
     def _restore(self, path: Path) -> None:
         ck = load_checkpoint(path)
-        if ck["config_sha256"] != self.cfg.sha256():
+        if ck["config_sha256"] != self.config_sha256:
             raise CheckpointError(
                 f"{path} was written with a different config (sha256 {ck['config_sha256'][:12]} vs "
-                f"{self.cfg.sha256()[:12]}); resume with the same config or use a new run dir"
+                f"{self.config_sha256[:12]}); resume with the same config or use a new run dir"
             )
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -279,11 +325,24 @@ class Trainer:
         s.phase_index, s.epoch_in_phase = int(ck["phase_index"]), int(ck["epoch_in_phase"])
         s.global_epoch, s.global_step = int(ck["global_epoch"]), int(ck["global_step"])
         s.best_value, s.best, s.history = float(ck["best_value"]), dict(ck["best"]), list(ck["history"])
-        restore_rng(ck["rng"])
-        # the file may hold lines of an epoch killed after its checkpoint was not yet written
-        self.jsonl.rewrite(s.history)
+        self._restore_rng(ck)
+        if self.dist.is_main:
+            # the file may hold lines of an epoch killed after its checkpoint was not yet written
+            self.jsonl.rewrite(s.history)
         log.info("resumed from %s (phase %s, global epoch %d, step %d)",
                  path.name, ck["phase_name"], s.global_epoch, s.global_step)
+
+    def _restore_rng(self, ck: Mapping[str, Any]) -> None:
+        """Each rank's own RNG states when the checkpoint has one per rank of this world size;
+        after a resume with another process count, rank 0's states on every rank and a fixed
+        per-rank reseed of torch (dropout masks stay distinct across ranks)."""
+        ranks = ck.get("rng_ranks") or []
+        if len(ranks) == self.dist.world_size and self.dist.enabled:
+            restore_rng(ranks[self.dist.rank])
+            return
+        restore_rng(ck["rng"])
+        if self.dist.rank:
+            torch.manual_seed(self.dist.rank_seed(self.tc.seed, self.state.global_epoch))
 
     # ------------------------------------------------------------------ one epoch
     def _train_epoch(self, phase: PhaseConfig) -> dict[str, float]:
@@ -306,16 +365,11 @@ class Trainer:
             stock_days += batch.num_stock_days
             self.optimizer.zero_grad(set_to_none=True)
             lr = self.lr.apply()
-            step_loss = torch.zeros((), device=self.device)
-            step_comps: dict[str, float] = {}
-            for mb, w in micro_batches(batch, tc.grad_accum_days):
-                with autocast_ctx(self.device, tc.precision):
-                    pred = self.forward(mb)  # (n, H)
-                loss, comps = self._loss(pred, mb, phase.weights)
-                (loss * w).backward()
-                step_loss = step_loss + loss.detach() * w
-                for k, v in comps.items():
-                    step_comps[k] = step_comps.get(k, 0.0) + float(v) * w
+            if self.dist.enabled:
+                step_loss, step_comps = self._sharded_forward_backward(batch, phase)
+                self.dist.all_reduce_grads(params)  # sum over ranks = the global batch's gradient
+            else:
+                step_loss, step_comps = self._forward_backward(batch, phase)
             gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
             # one host sync per step: both must be finite or the step is skipped
             ok = bool(torch.isfinite(step_loss) & torch.isfinite(gnorm))
@@ -353,6 +407,39 @@ class Trainer:
         }
         return rec
 
+    def _forward_backward(self, batch: DayBatch, phase: PhaseConfig) -> tuple[torch.Tensor, dict[str, float]]:
+        step_loss = torch.zeros((), device=self.device)
+        step_comps: dict[str, float] = {}
+        for mb, w in micro_batches(batch, self.tc.grad_accum_days):
+            with autocast_ctx(self.device, self.tc.precision):
+                pred = self.forward(mb)  # (n, H)
+            loss, comps = self._loss(pred, mb, phase.weights)
+            (loss * w).backward()
+            step_loss = step_loss + loss.detach() * w
+            for k, v in comps.items():
+                step_comps[k] = step_comps.get(k, 0.0) + float(v) * w
+        return step_loss, step_comps
+
+    def _sharded_forward_backward(self, batch: DayBatch, phase: PhaseConfig) -> tuple[torch.Tensor, dict[str, float]]:
+        """This rank's days forward; every rank's predictions gathered (no grad) and this rank's
+        own block put back with its graph, so the loss is the whole batch's and its gradient
+        reaches exactly this rank's rows: d loss / d theta = sum over ranks of what each computes."""
+        bounds = self.dist.day_bounds(batch.num_days)
+        ptr = batch.day_ptr.tolist()
+        rows = [ptr[hi] - ptr[lo] for lo, hi in bounds]
+        lo, hi = bounds[self.dist.rank]
+        if hi > lo:
+            with autocast_ctx(self.device, self.tc.precision):
+                own = self.forward(slice_days(batch, lo, hi)).float()  # (rows[rank], H)
+        else:  # more ranks than days in this batch
+            own = torch.zeros((0, len(self.horizons)), device=self.device)
+        pieces = self.dist.all_gather_rows(own.detach(), rows)
+        pieces[self.dist.rank] = own
+        loss, comps = self._loss(torch.cat(pieces), batch, phase.weights)
+        if own.requires_grad:
+            loss.backward()
+        return loss.detach(), {k: float(v) for k, v in comps.items()}
+
     def validate(self, phase: PhaseConfig) -> tuple[dict[str, float], Predictions]:
         self.val_loader.set_epoch(0)
         preds = predict_loader(
@@ -363,28 +450,44 @@ class Trainer:
         return metrics, preds
 
     # ------------------------------------------------------------------ fit
+    def phase_finished(self, phase: PhaseConfig) -> bool:
+        s = self.state
+        return s.epoch_in_phase >= phase.epochs or (s.epoch_in_phase > 0 and self.early.state.stopped)
+
+    def next_phase(self) -> None:
+        self.state.phase_index += 1
+        self.state.epoch_in_phase = 0
+
     def fit(self, resume: bool = True) -> FitResult:
         seed_everything(self.tc.seed, deterministic=self.device.type == "cpu")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.rank:  # distinct dropout masks per rank, reproducible per (seed, rank)
+            torch.manual_seed(self.dist.rank_seed(self.tc.seed, 0))
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed_from = None
         last = latest_checkpoint(self.ckpt_dir) if resume else None
         if last is not None:
             self._restore(last)
             resumed_from = str(last)
-        elif self.jsonl.path.exists():
+        elif self.jsonl.path.exists() and self.dist.is_main:
             self.jsonl.rewrite([])
+        self.dist.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
         self.guard.snapshot(self.model, self.optimizer)
         s = self.state
+        entered = -1
         while s.phase_index < len(self.phases):
             phase = self.phases[s.phase_index]
-            self.model.set_blocks(phase.blocks)
-            if s.epoch_in_phase == 0:
-                self.lr.start_phase(phase.lr_scale)
-                self.early.reset()
-            while s.epoch_in_phase < phase.epochs and not self.early.state.stopped:
-                self._run_epoch(phase)
-            s.phase_index += 1
-            s.epoch_in_phase = 0
+            if self.phase_finished(phase):  # a 0-epoch phase, or resumed at a phase's end
+                self.next_phase()
+                continue
+            if entered != s.phase_index:
+                entered = s.phase_index
+                self.model.set_blocks(phase.blocks)
+                if s.epoch_in_phase == 0:
+                    self.lr.start_phase(phase.lr_scale)
+                    self.early.reset()
+            self._run_epoch(phase)
+        self.dist.barrier()
         return FitResult(
             best_value=s.best_value, best=s.best, history=s.history,
             nan_steps=self.guard.stats.skipped_steps, nan_restores=self.guard.stats.restores,
@@ -395,50 +498,22 @@ class Trainer:
     def _run_epoch(self, phase: PhaseConfig) -> None:
         s = self.state
         train_rec = self._train_epoch(phase)
-        val_rec, _ = self.validate(phase)
         rec: dict[str, Any] = {
             "phase": phase.name, "phase_index": s.phase_index, "epoch": s.global_epoch,
-            "epoch_in_phase": s.epoch_in_phase, "global_step": s.global_step, **train_rec, **val_rec,
+            "epoch_in_phase": s.epoch_in_phase, "global_step": s.global_step, **train_rec,
         }
-        if self.monitor not in rec:
-            raise KeyError(f"early_stopping.monitor {self.monitor!r} is not a metric; have {sorted(rec)}")
-        value = float(rec[self.monitor])
-        sched_monitor = self.tc.scheduler.monitor
-        if sched_monitor not in rec:
-            raise KeyError(f"scheduler.monitor {sched_monitor!r} is not a metric; have {sorted(rec)}")
-        rec["lr_reduced"] = self.lr.epoch_end(float(rec[sched_monitor]))
-        rec["early_stop"] = self.early.update(value)
-        rec["nan_steps_total"] = self.guard.stats.skipped_steps
-        rec["nan_restores"] = self.guard.stats.restores
-        if math.isfinite(value) and value > s.best_value:
-            s.best_value = value
-            s.best = {"phase": phase.name, "phase_index": s.phase_index, "epoch": s.global_epoch,
-                      "blocks": blocks_dict(phase.blocks), "monitor": self.monitor, "value": value,
-                      "val": {k: v for k, v in val_rec.items()}}
-            save_weights(self.run_dir / "model.safetensors", self.model.state_dict(), {
-                "phase": phase.name, "phase_index": s.phase_index, "epoch": s.global_epoch,
-                "blocks": blocks_dict(phase.blocks), "monitor": self.monitor, "value": value,
-                "config_sha256": self.cfg.sha256(), "horizons": list(self.horizons),
-            })
-            rec["best"] = True
-        else:
-            rec["best"] = False
-        s.history.append(rec)
-        s.epoch_in_phase += 1
-        s.global_epoch += 1
-        rng = capture_rng()
-        save_checkpoint(checkpoint_path(self.ckpt_dir, s.global_epoch), self._checkpoint_state(rng))
-        prune_checkpoints(self.ckpt_dir, self.keep_checkpoints)
-        self.guard.snapshot(self.model, self.optimizer)
-        self.jsonl.append(rec)
-        self.progress.epoch(rec, self.monitor)
+        self._epoch_end(EpochEnd(trainer=self, phase=phase, rec=rec))
+
+    def _epoch_end(self, state: EpochEnd) -> None:
+        """Run the epoch-end callbacks in order inside the RNG bracket (module docstring)."""
         try:
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(dict(rec))
-            if self.prune_hook is not None:
-                self.prune_hook(s.global_epoch, value)
+            for cb in self.callbacks:
+                if cb.main_process_only and not self.dist.is_main:
+                    continue
+                cb.on_epoch_end(state)
         finally:
-            restore_rng(rng)
+            if state.rng is not None:
+                restore_rng(state.rng)
 
 
 def history_by_phase(history: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
