@@ -34,6 +34,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         n = int(self.headers.get("Content-Length") or 0)
         if n > MAX_BODY:
+            self.close_connection = True  # the unread body must not be parsed as a request
             self._reply(413, b"too large\n")
             return
         raw = self.rfile.read(n)
