@@ -13,7 +13,7 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 TORCH_WHEEL=${ATFT_TORCH_WHEEL:-/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl}
 STAMP=.venv/.atft-bootstrap
-want="$(cat requirements/lock-py311.txt pyproject.toml | sha256sum | cut -c1-16)"
+want="$(cat requirements/lock-py311.txt requirements/no-deps.txt pyproject.toml | sha256sum | cut -c1-16)"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   :
@@ -28,6 +28,7 @@ else
     fi
   fi
   .venv/bin/pip install -q -c requirements/lock-py311.txt -e ".[airflow,test,dev]"
+  .venv/bin/pip install -q --no-deps -r requirements/no-deps.txt  # see the file for why
   echo "$want" > "$STAMP"
 fi
 

@@ -123,7 +123,9 @@ def test_jquants_directory_of_daily_files_and_bad_date(tmp_path):
     df.filter(pl.col("Date") == "2019-01-07").write_parquet(d / "20190107.parquet")
     got, info = load_source(d, "jquants")
     assert info["files"] == 2
-    assert got.equals(JQ_EXPECTED)
+    assert got.drop("AdjustedThrough").equals(JQ_EXPECTED)
+    # each daily export is adjusted as of its own day: later splits are applied at read
+    assert got["AdjustedThrough"].to_list() == [D1, D1, D2]
     df.with_columns(pl.lit("2019-13-45").alias("Date")).write_parquet(d / "20190108.parquet")
     with pytest.raises(IngestError, match=r"20190108\.parquet.*'Date'.*'2019-13-45'"):
         load_source(d, "jquants")
@@ -149,6 +151,68 @@ def test_cli_ingest_summary_and_error(tmp_path, capsys):
     assert main(["ingest", str(src), "--out", str(tmp_path / "store"), "--format", "yfinance"]) == 0
     out = capsys.readouterr().out
     assert "rows: 4  codes: 2  dates: 2019-01-04 .. 2019-01-08" in out
-    assert main(["ingest", str(tmp_path / "missing"), "--out", str(tmp_path / "s2")]) == 1
+    assert main(["ingest", str(tmp_path / "missing"), "--out", str(tmp_path / "s2")]) == 2  # input error
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "s2").exists()
+
+
+# --------------------------------------------------------------------------- issue 10 / 12 fault 7
+def _store_of(n_codes: int, days: list[dt.date]) -> pl.DataFrame:
+    rows = [{"Date": d, "Code": f"{1000 + j}", "Open": 100.0 + j, "High": 101.0 + j, "Low": 99.0 + j,
+             "Close": 100.5 + j, "Volume": 10.0} for d in days for j in range(n_codes)]
+    return pl.DataFrame(rows).with_columns(pl.col("Date").cast(pl.Date))
+
+
+def test_one_stock_ingest_keeps_the_other_199_stocks(tmp_path, capsys):
+    days = [dt.date(2019, 1, 4), dt.date(2019, 1, 7), dt.date(2019, 1, 8)]
+    full = _store_of(200, days)
+    full.write_parquet(tmp_path / "full.parquet")
+    assert main(["ingest", str(tmp_path / "full.parquet"), "--out", str(tmp_path / "store")]) == 0
+    one = full.filter(pl.col("Code") == "1007").with_columns(pl.col("Close") * 2)
+    src = tmp_path / "one.csv"
+    one.write_csv(src)
+    capsys.readouterr()
+    assert main(["ingest", str(src), "--out", str(tmp_path / "store"), "--format", "canonical"]) == 0
+    out = capsys.readouterr().out
+    assert "replaced by the source: 3; kept (not in the source): 597" in out
+    got = read_quotes(tmp_path / "store")
+    assert got.filter(pl.col("Date").dt.year() == 2019)["Code"].n_unique() == 200
+    assert got.height == 600
+    assert got.filter(pl.col("Code") == "1007")["Close"].to_list() == [215.0] * 3  # (100.5 + 7) * 2
+    # --replace: the source becomes the whole of each day, and it says what that removed
+    assert main(["ingest", str(src), "--out", str(tmp_path / "store"), "--format", "canonical",
+                 "--replace"]) == 0
+    out = capsys.readouterr().out
+    assert "--replace removed 597 stored row(s) not in the source, e.g. 2019-01-04 1000" in out
+    assert read_quotes(tmp_path / "store").height == 3
+
+
+def test_tz_aware_tokyo_midnight_keeps_its_date(tmp_path):
+    tokyo_midnight = pl.Series("Date", [dt.datetime(2019, 1, 4), dt.datetime(2019, 1, 7)]).dt.replace_time_zone(
+        "Asia/Tokyo").dt.convert_time_zone("UTC")  # stored as 2019-01-03 15:00 UTC, 2019-01-06 15:00 UTC
+    df = pl.DataFrame({"Date": tokyo_midnight, "Code": ["7203", "7203"], "Open": [1.0, 2.0],
+                       "High": [1.0, 2.0], "Low": [1.0, 2.0], "Close": [1.0, 2.0], "Volume": [5.0, 5.0]})
+    df.write_parquet(tmp_path / "utc.parquet")
+    got, _ = load_source(tmp_path / "utc.parquet", "canonical")
+    assert got["Date"].to_list() == [dt.date(2019, 1, 4), dt.date(2019, 1, 7)]
+    # the same instants as ISO strings with an offset
+    df.with_columns(pl.col("Date").dt.strftime("%Y-%m-%dT%H:%M:%S%z")).write_csv(tmp_path / "utc.csv")
+    got, _ = load_source(tmp_path / "utc.csv", "canonical")
+    assert got["Date"].to_list() == [dt.date(2019, 1, 4), dt.date(2019, 1, 7)]
+    # naive timestamps: midnight is a date; anything else is refused, naming the value
+    naive = df.with_columns(pl.col("Date").dt.replace_time_zone(None))  # 15:00 naive
+    naive.write_parquet(tmp_path / "naive.parquet")
+    with pytest.raises(IngestError, match=r"naive timestamps that are not midnight, e\.g\. 2019-01-03 15:00"):
+        load_source(tmp_path / "naive.parquet", "canonical")
+    df.with_columns(pl.Series("Date", [dt.datetime(2019, 1, 4), dt.datetime(2019, 1, 7)])).write_parquet(
+        tmp_path / "midnight.parquet")
+    got, _ = load_source(tmp_path / "midnight.parquet", "canonical")
+    assert got["Date"].to_list() == [dt.date(2019, 1, 4), dt.date(2019, 1, 7)]
+
+
+def test_duplicate_keys_in_source_are_refused(tmp_path, capsys):
+    df = _store_of(2, [dt.date(2019, 1, 4)])
+    pl.concat([df, df.head(1)]).write_parquet(tmp_path / "dup.parquet")
+    assert main(["ingest", str(tmp_path / "dup.parquet"), "--out", str(tmp_path / "s")]) == 2
+    assert "duplicate (Date, Code) row(s), e.g. (2019-01-04, 1000)" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -1,4 +1,4 @@
-"""Year-partitioned parquet store: round trip, window pushdown, atomicity, clear errors."""
+"""Day-partitioned parquet store: round trip, window pushdown, merge, atomicity, clear errors."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_round_trip_equal_and_partitioned(tmp_path):
     df = _quotes(DATES)
     files = write_store(df.reverse(), tmp_path / "s")  # unsorted input is sorted on write
     assert [f.relative_to(tmp_path / "s").as_posix() for f in files] == [
-        "year=2018/part-0.parquet", "year=2019/part-0.parquet", "year=2020/part-0.parquet"]
+        f"date={d}/part-0.parquet" for d in DATES]
     back = read_quotes(tmp_path / "s")
     assert back.equals(df.sort("Date", "Code"))
     assert back.schema == df.schema
@@ -42,18 +42,19 @@ def test_round_trip_equal_and_partitioned(tmp_path):
     assert meta.row_group(0).column(0).compression == "ZSTD"
 
 
-def test_window_filter_and_year_pruning(tmp_path):
+def test_window_filter_and_day_pruning(tmp_path):
     df = _quotes(DATES)
     root = tmp_path / "s"
     write_store(df, root)
     got = read_quotes(root, "2018-12-27", dt.date(2019, 1, 4))
     exp = df.filter(pl.col("Date").is_between(dt.date(2018, 12, 27), dt.date(2019, 1, 4)))
     assert got.equals(exp)
-    assert [f.parent.name for f in store_files(root, dt.date(2019, 1, 1), dt.date(2019, 12, 31))] == ["year=2019"]
+    assert [f.parent.name for f in store_files(root, dt.date(2019, 1, 1), dt.date(2019, 12, 31))] == [
+        "date=2019-01-04", "date=2019-01-07"]
     # pruned partitions are never opened: corrupting 2018 does not affect a 2019 window
-    (root / "year=2018" / "part-0.parquet").write_bytes(b"garbage")
+    (root / "date=2018-12-27" / "part-0.parquet").write_bytes(b"garbage")
     assert read_quotes(root, "2019-01-01", "2019-12-31").height == 6
-    with pytest.raises(StoreError, match="year=2018"):
+    with pytest.raises(StoreError, match="date=2018-12-27"):
         read_quotes(root)
     # the date predicate reaches the parquet scan (row-group statistics pushdown)
     plan = scan_store(root, start="2019-01-05").explain()
@@ -72,52 +73,72 @@ def test_single_file_and_int_volume_widened(tmp_path):
     assert got["AdjustmentFactor"].to_list() == [1.0] * df.height
 
 
-def test_rewrite_year_is_idempotent_and_replaces_only_that_year(tmp_path):
+def test_rewrite_is_idempotent_byte_identical_and_merges_by_key(tmp_path):
     root = tmp_path / "s"
     df = _quotes(DATES)
     write_store(df, root)
-    write_store(df, root)
+    before = {p: p.read_bytes() for p in root.rglob("*.parquet")}
+    assert write_store(df, root) == []  # nothing changed: nothing rewritten
+    assert {p: p.read_bytes() for p in root.rglob("*.parquet")} == before
     assert read_quotes(root).equals(df)
-    new2019 = _quotes([d for d in DATES if d.year == 2019], scale=2.0)
-    write_store(new2019, root)
+    # one code of 2019 re-stated: that code's rows change, every other row stays
+    new9984 = _quotes([d for d in DATES if d.year == 2019], codes=("9984",), scale=2.0)
+    files = write_store(new9984, root)
+    assert sorted(f.parent.name for f in files) == ["date=2019-01-04", "date=2019-01-07"]
     back = read_quotes(root)
-    assert back.filter(pl.col("Date").dt.year() == 2019).equals(new2019)
-    assert back.filter(pl.col("Date").dt.year() != 2019).equals(df.filter(pl.col("Date").dt.year() != 2019))
-    assert sorted(p.name for p in root.rglob("*")) == sorted(
-        ["year=2018", "year=2019", "year=2020"] + ["part-0.parquet"] * 3)
+    assert back.height == df.height
+    assert back.filter(pl.col("Code") == "9984", pl.col("Date").dt.year() == 2019).equals(new9984)
+    assert back.filter(pl.col("Code") != "9984").equals(df.filter(pl.col("Code") != "9984"))
+    assert {p: p.read_bytes() for p in root.rglob("*.parquet") if "2019" not in str(p)} == {
+        p: b for p, b in before.items() if "2019" not in str(p)}
+    # replace=True: the input is the whole day, removed rows are reported
+    res = store_mod.write_days(new9984, root, replace=True)
+    assert (res.rows_removed, res.rows_replaced) == (4, 2)
+    assert read_quotes(root, "2019-01-01", "2019-12-31")["Code"].to_list() == ["9984", "9984"]
 
 
-def _fail_on_second_file(monkeypatch):
-    real = store_mod._write_file
+def test_duplicate_keys_and_legacy_year_store_refused(tmp_path):
+    df = _quotes(DATES[:2])
+    with pytest.raises(StoreError, match="duplicate"):
+        write_store(pl.concat([df, df.head(1)]), tmp_path / "s")
+    legacy = tmp_path / "legacy" / "year=2018"
+    legacy.mkdir(parents=True)
+    df.write_parquet(legacy / "part-0.parquet")
+    assert read_quotes(tmp_path / "legacy").equals(df)  # still readable
+    with pytest.raises(StoreError, match="legacy year-partitioned store.*atft ingest"):
+        write_store(df, tmp_path / "legacy")
+
+
+def _fail_on_second_day(monkeypatch):
+    real = store_mod.atomic_write_bytes
     calls = {"n": 0}
 
-    def flaky(df, path):
+    def flaky(path, blob, mode=None):
         calls["n"] += 1
         if calls["n"] == 2:
-            path.write_bytes(b"half a file")  # a partial temp file exists when the crash hits
-            raise OSError("disk full (simulated)")
-        real(df, path)
+            def half(fh):
+                fh.write(blob[: len(blob) // 2])  # a partial temp file exists when the crash hits
+                raise OSError("disk full (simulated)")
+            return real(path, half, mode=mode)
+        return real(path, blob, mode=mode)
 
-    monkeypatch.setattr(store_mod, "_write_file", flaky)
-
-
-def test_failed_write_leaves_nothing_in_new_store(tmp_path, monkeypatch):
-    _fail_on_second_file(monkeypatch)
-    with pytest.raises(OSError, match="simulated"):
-        write_store(_quotes(DATES), tmp_path / "s")
-    assert not (tmp_path / "s").exists()
+    monkeypatch.setattr(store_mod, "atomic_write_bytes", flaky)
 
 
-def test_failed_write_leaves_existing_store_untouched(tmp_path, monkeypatch):
+def test_failed_write_leaves_every_day_whole_or_absent(tmp_path, monkeypatch):
     root = tmp_path / "s"
-    write_store(_quotes(DATES[:3]), root)  # only 2018
+    write_store(_quotes(DATES[:3]), root)
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    _fail_on_second_file(monkeypatch)
+    _fail_on_second_day(monkeypatch)
     with pytest.raises(OSError, match="simulated"):
-        write_store(_quotes(DATES, scale=3.0), root)  # 2018 (rewrite) + 2019 + 2020
+        write_store(_quotes(DATES, scale=3.0), root)  # day 1 rewritten, day 2 fails
     after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    assert after == before
-    assert sorted(p.name for p in root.iterdir()) == ["year=2018"]
+    # day 1 is whole (new), day 2 untouched (old), later days never started, no temp files left
+    assert set(after) == set(before)
+    first = root / f"date={DATES[0]}" / "part-0.parquet"
+    assert after[first] != before[first]
+    assert {p: b for p, b in after.items() if p != first} == {p: b for p, b in before.items() if p != first}
+    assert read_quotes(root, DATES[0], DATES[0])["Close"].to_list() == _quotes(DATES[:1], scale=3.0)["Close"].to_list()
 
 
 def test_truncated_parquet_names_the_file(tmp_path):
@@ -125,7 +146,7 @@ def test_truncated_parquet_names_the_file(tmp_path):
     files = write_store(_quotes(DATES), root)
     blob = files[1].read_bytes()
     files[1].write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(StoreError, match=r"unreadable parquet file .*year=2019/part-0\.parquet"):
+    with pytest.raises(StoreError, match=r"unreadable parquet file .*date=2018-12-27/part-0\.parquet"):
         scan_store(root)
 
 
@@ -137,7 +158,7 @@ def test_corrupt_data_pages_name_the_file(tmp_path):
     for i in range(4, min(len(blob) // 2, 400)):
         blob[i] = 0xFF
     files[0].write_bytes(bytes(blob))
-    with pytest.raises(StoreError, match=r"year=2018/part-0\.parquet"):
+    with pytest.raises(StoreError, match=r"date=2018-12-26/part-0\.parquet"):
         read_quotes(root)
 
 

@@ -8,8 +8,11 @@ def register(sub) -> None:
 
     p = sub.add_parser("ingest", help="convert yfinance CSVs / J-Quants exports into the quotes store")
     p.add_argument("src", help="source file or directory")
-    p.add_argument("--out", required=True, help="store directory (years in SRC are replaced)")
+    p.add_argument("--out", required=True,
+                   help="store folder or s3://bucket/prefix; rows are merged by (Date, Code)")
     p.add_argument("--format", default="auto", choices=["auto", "yfinance", "jquants", "canonical"])
+    p.add_argument("--replace", action="store_true",
+                   help="make SRC the whole of every day it covers (prints the stored rows removed)")
     p.set_defaults(func=_ingest)
 
     p = sub.add_parser("synth", help="generate the synthetic market (data.synthetic) into a store")
@@ -26,10 +29,10 @@ def _ingest(args) -> int:
     from atft_core.data.store import StoreError
 
     try:
-        summary = ingest(args.src, args.out, args.format)
+        summary = ingest(args.src, args.out, args.format, replace=args.replace)
     except (IngestError, SchemaError, StoreError) as err:
         print(f"atft ingest: {err}", file=sys.stderr)
-        return 1
+        return 2
     print("\n".join(summary.lines()))
     return 0
 

@@ -15,6 +15,13 @@ Sources:
 * ``auto``: CSV files without a ``Code`` column -> yfinance; with ``Adjustment*`` /
   ``TurnoverValue`` columns -> jquants; else canonical.
 
+Writing merges by (Date, Code) into the day-partitioned store (:mod:`atft_core.data.store`):
+rows of the store the source does not contain are never removed unless ``--replace`` is given
+(then the removed rows are counted and shown). Dates: tz-aware timestamps are converted to
+Asia/Tokyo before the date is taken; naive timestamps must be exactly midnight. Adjusted sources
+(J-Quants ``Adjustment*`` columns, yfinance ``Adj Close``) are stored with ``AdjustedThrough`` =
+their last day so a split fetched later re-adjusts them at read; other prices are taken as final.
+
 Ingest coerces dtypes and refuses what it cannot parse (the message names the file, the column
 and an offending value); it does NOT judge business rules (bad ticks, OHLC consistency, holidays:
 that is :mod:`atft_core.validation`). Two normalisations are made and counted in the summary:
@@ -32,8 +39,8 @@ from typing import Literal
 
 import polars as pl
 
-from atft_core.data.schema import CANONICAL_COLUMNS, KEY_COLUMNS, complete_optional
-from atft_core.data.store import write_store
+from atft_core.data.schema import CANONICAL_COLUMNS, KEY_COLUMNS, canonical_code, complete_optional
+from atft_core.data.store import ADJUSTED_THROUGH, WriteResult, write_days
 
 Format = Literal["yfinance", "jquants", "canonical", "auto"]
 FORMATS = ("yfinance", "jquants", "canonical", "auto")
@@ -62,16 +69,26 @@ class IngestSummary:
     duplicate_keys: int
     sector_codes_padded: int
     written: tuple[str, ...]
+    write: WriteResult | None = None
+    replace: bool = False
 
     def lines(self) -> list[str]:
-        return [
+        out = [
             f"format: {self.format} ({self.files} file(s))",
             f"rows: {self.rows:,}  codes: {self.codes:,}  dates: {self.first_date} .. {self.last_date}",
             f"dropped rows without a price: {self.dropped_no_price:,}",
             f"duplicate (Date, Code) keys: {self.duplicate_keys:,}",
             f"Sector33Code values zero-padded: {self.sector_codes_padded:,}",
-            f"written: {len(self.written)} year file(s)",
+            f"written: {len(self.written)} day partition(s)",
         ]
+        w = self.write
+        if w is not None:
+            out.append(f"stored rows replaced by the source: {w.rows_replaced:,}; "
+                       f"kept (not in the source): {w.rows_kept:,}; unchanged days: {w.unchanged_days:,}")
+            if self.replace:
+                out.append(f"--replace removed {w.rows_removed:,} stored row(s) not in the source"
+                           + (f", e.g. {', '.join(w.removed_examples)}" if w.removed_examples else ""))
+        return out
 
 
 # --------------------------------------------------------------------------- coercion helpers
@@ -80,17 +97,25 @@ def _first_bad(df: pl.DataFrame, col: str, parsed: pl.Series) -> str:
     return repr(bad[col][0]) if bad.height else "?"
 
 
+TOKYO = "Asia/Tokyo"
+
+
 def _coerce_date(df: pl.DataFrame, col: str, where: str) -> pl.DataFrame:
+    """Dates of the Tokyo session. A tz-aware timestamp is converted to Asia/Tokyo before its
+    date is taken (Tokyo midnight stored in UTC is the previous day's 15:00); a naive timestamp
+    must be exactly midnight (anything else is ambiguous and refused)."""
     s = df[col]
     if s.dtype == pl.Date:
         return df
+    if s.dtype == pl.String and s.str.contains(r"[T ]\d{2}:\d{2}").fill_null(False).any():
+        s = _parse_datetime_strings(s, col, where)
     if isinstance(s.dtype, pl.Datetime):
-        return df.with_columns(pl.col(col).dt.date())
+        return df.with_columns(_datetime_to_session_date(s, col, where).alias(col))
     if s.dtype.is_integer():  # 20190104
         s = s.cast(pl.String)
     if s.dtype != pl.String:
         raise IngestError(f"{where}: column {col!r} has dtype {s.dtype}, expected a date")
-    head = s.str.strip_chars().str.slice(0, 10)  # '2019-01-04 00:00:00+09:00' -> date part
+    head = s.str.strip_chars()
     parsed = head.str.to_date("%Y-%m-%d", strict=False)
     alt = head.str.to_date("%Y%m%d", strict=False)
     parsed = parsed.fill_null(alt)
@@ -99,6 +124,30 @@ def _coerce_date(df: pl.DataFrame, col: str, where: str) -> pl.DataFrame:
     if parsed.null_count():
         raise IngestError(f"{where}: column {col!r} has {parsed.null_count()} empty value(s)")
     return df.with_columns(parsed.alias(col))
+
+
+def _parse_datetime_strings(s: pl.Series, col: str, where: str) -> pl.Series:
+    text = s.str.strip_chars()
+    has_offset = text.str.contains(r"(Z|[+-]\d{2}:?\d{2})$").fill_null(False)
+    if has_offset.any() and not has_offset.all():
+        raise IngestError(f"{where}: column {col!r} mixes timestamps with and without a UTC offset")
+    try:
+        if has_offset.any():
+            return text.str.to_datetime(time_zone="UTC", strict=True)
+        return text.str.to_datetime(strict=True)
+    except pl.exceptions.PolarsError:
+        raise IngestError(f"{where}: column {col!r} has an unparsable timestamp, e.g. {text[0]!r}") from None
+
+
+def _datetime_to_session_date(s: pl.Series, col: str, where: str) -> pl.Series:
+    if s.dtype.time_zone is not None:
+        return s.dt.convert_time_zone(TOKYO).dt.date()
+    not_midnight = s.is_not_null() & (s.dt.truncate("1d") != s)
+    if not_midnight.any():
+        raise IngestError(
+            f"{where}: column {col!r} has naive timestamps that are not midnight, e.g. "
+            f"{s.filter(not_midnight)[0]}; store dates, or timestamps with a time zone")
+    return s.dt.date()
 
 
 def _coerce_float(df: pl.DataFrame, col: str, where: str) -> pl.DataFrame:
@@ -128,10 +177,7 @@ def _normalise_code(df: pl.DataFrame, where: str) -> pl.DataFrame:
     s = s.str.strip_chars()
     if s.null_count() or (s.str.len_chars() == 0).any():
         raise IngestError(f"{where}: column 'Code' has empty value(s)")
-    # J-Quants 5-char code = 4-char listing code + '0'
-    s = pl.select(
-        pl.when((s.str.len_chars() == 5) & s.str.ends_with("0")).then(s.str.slice(0, 4)).otherwise(s)
-    ).to_series()
+    s = pl.select(canonical_code(pl.lit(s))).to_series()  # one rule for every source
     return df.with_columns(s.alias("Code"))
 
 
@@ -199,7 +245,9 @@ def read_yfinance_csv(path: Path) -> tuple[pl.DataFrame, int]:
     else:
         df = df.with_columns(turnover.alias("TurnoverValue"))
     df = df.with_columns(pl.lit(_yfinance_code(path)).alias("Code"))
-    return complete_optional(df), dropped
+    # Adj Close is adjusted as of the export's last day: later splits are applied at read
+    through = df["Date"].max() if "Adj Close" in df.columns else None
+    return _with_through(complete_optional(df), through), dropped
 
 
 def read_table(path: Path) -> tuple[pl.DataFrame, int, int]:
@@ -209,6 +257,7 @@ def read_table(path: Path) -> tuple[pl.DataFrame, int, int]:
     _require(df, ("Date", "Code"), where)
     # prefer J-Quants' split-adjusted bar when present
     adjusted = {src: dst for src, dst in _JQ_ADJUSTED.items() if src in df.columns}
+    stored_through = df[ADJUSTED_THROUGH] if ADJUSTED_THROUGH in df.columns else None
     if adjusted:
         df = df.drop([dst for dst in adjusted.values() if dst in df.columns])
         df = df.rename(adjusted)
@@ -219,9 +268,22 @@ def read_table(path: Path) -> tuple[pl.DataFrame, int, int]:
         if c in df.columns:
             df = _coerce_float(df, c, where)
     df, padded = _normalise_sector(df, where)
+    through = df["Date"].max() if adjusted else None  # the export is adjusted as of its last day
+    if stored_through is not None:  # a store partition read back: keep its own marker
+        df = df.with_columns(_coerce_date(pl.DataFrame({"d": stored_through}), "d", where)["d"]
+                             .alias(ADJUSTED_THROUGH))
     n0 = df.height
     df = df.filter(pl.col("Close").is_not_null())
-    return complete_optional(df), n0 - df.height, padded
+    out = complete_optional(df)
+    if stored_through is not None:
+        return out.with_columns(df[ADJUSTED_THROUGH]), n0 - df.height, padded
+    return _with_through(out, through), n0 - df.height, padded
+
+
+def _with_through(df: pl.DataFrame, through) -> pl.DataFrame:
+    """Add AdjustedThrough (see atft_core.data.store): the day the prices are adjusted as of,
+    or null for prices taken as final."""
+    return df.with_columns(pl.lit(through, dtype=pl.Date).alias(ADJUSTED_THROUGH))
 
 
 # --------------------------------------------------------------------------- detection + driver
@@ -270,21 +332,32 @@ def load_source(src: str | Path, fmt: Format = "auto") -> tuple[pl.DataFrame, di
             padded += p
         frames.append(df)
         dropped += d
-    df = pl.concat(frames, how="vertical").select(CANONICAL_COLUMNS).sort(list(KEY_COLUMNS))
+    df = pl.concat(frames, how="vertical").select(*CANONICAL_COLUMNS, ADJUSTED_THROUGH)
+    df = df.sort(list(KEY_COLUMNS))
     if df.height == 0:
         raise IngestError(f"{src}: no rows with a price")
     info = {"format": fmt, "files": len(files), "dropped_no_price": dropped, "sector_codes_padded": padded}
     return df, info
 
 
-def ingest(src: str | Path, out: str | Path, fmt: Format = "auto") -> IngestSummary:
-    """Convert ``src`` and write it into the store ``out`` (years in the source are replaced)."""
+def ingest(src: str | Path, out: str | Path, fmt: Format = "auto", *, replace: bool = False) -> IngestSummary:
+    """Convert ``src`` and merge it into the store ``out`` by (Date, Code).
+
+    Stored rows the source does not contain are kept; ``replace=True`` makes the source the whole
+    of every day it covers and reports the stored rows that removed. A duplicate (Date, Code) in
+    the source is refused (which row would win is undefined).
+    """
     df, info = load_source(src, fmt)
-    written = write_store(df, out)
     dups = df.height - df.select(pl.struct(*KEY_COLUMNS).n_unique()).item()
+    if dups:
+        first = df.filter(pl.struct(*KEY_COLUMNS).is_duplicated()).row(0, named=True)
+        raise IngestError(f"{src}: {dups} duplicate (Date, Code) row(s), e.g. "
+                          f"({first['Date']}, {first['Code']}); which one is right is undefined")
+    result = write_days(df, out, replace=replace)
     return IngestSummary(
         format=info["format"], files=info["files"], rows=df.height,
         codes=df["Code"].n_unique(), first_date=df["Date"].min(), last_date=df["Date"].max(),
         dropped_no_price=info["dropped_no_price"], duplicate_keys=dups,
-        sector_codes_padded=info["sector_codes_padded"], written=tuple(str(p) for p in written),
+        sector_codes_padded=info["sector_codes_padded"], written=result.written,
+        write=result, replace=replace,
     )

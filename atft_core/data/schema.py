@@ -61,3 +61,16 @@ def complete_optional(df: pl.LazyFrame | pl.DataFrame):
     if add:
         df = df.with_columns(add)
     return df.select(CANONICAL_COLUMNS)
+
+
+def canonical_code(code: pl.Expr) -> pl.Expr:
+    """The canonical Code (one rule for every source): the 4-character listing code.
+
+    J-Quants (and JPX files) use 5 characters, the listing code plus a trailing "0" check digit
+    ("72030" -> "7203", new alphanumeric "130A0" -> "130A"); Yahoo-style names lose their
+    exchange suffix in the yfinance reader. Any other code (5 characters not ending in "0",
+    e.g. preferred shares) is kept as it is, so two securities never collapse onto one code.
+    """
+    code = code.str.strip_chars()
+    return pl.when((code.str.len_chars() == 5) & code.str.ends_with("0")).then(
+        code.str.slice(0, 4)).otherwise(code)
