@@ -60,12 +60,22 @@ class SyntheticConfig(_Section):
     listing_fraction: float = Field(0.05, ge=0.0, le=0.5)
 
 
+SYNTHETIC_SOURCE = "synthetic"
+
+
 class DataConfig(_Section):
-    # None -> synthetic market; else a parquet file/dir of canonical daily quotes (SPEC 3.1)
+    # "synthetic" (or null) -> the seeded synthetic market (demo / tests); else the quotes store:
+    # a folder or s3://bucket/prefix (atft_core.data.store; default.yaml reads var/data/quotes)
     source: str | None = None
     start: str | None = None  # inclusive YYYY-MM-DD window on the source
     end: str | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("source")
+    @classmethod
+    def _synthetic_is_null(cls, v: str | None) -> str | None:
+        # one spelling inside the program: "synthetic" in YAML/Params == null (pipeline's test)
+        return None if v is None or v.strip().lower() == SYNTHETIC_SOURCE else v
 
 
 class ValidationConfig(_Section):
@@ -263,6 +273,8 @@ class GateConfig(_Section):
     min_coverage: float = Field(0.9, ge=0.0, le=1.0)
     min_pred_std: float = Field(1e-6, ge=0.0)
     min_paired_days: int = Field(5, ge=2, description="fewer common holdout days -> reject")
+    allow_synthetic: bool = Field(False, description="promote models trained on synthetic data "
+                                  "(demo / tests only; production refuses them)")
 
 
 class RegistryConfig(_Section):

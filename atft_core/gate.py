@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -252,3 +252,15 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, cfg
         decided_at=datetime.now(UTC).isoformat(),
         champion_unavailable=champion_unavailable,
     )
+
+
+def refuse_synthetic(decision: GateDecision, data_kind: str, cfg: GateConfig) -> GateDecision:
+    """Data-provenance rule, after :func:`decide`: a model trained on synthetic data is never
+    promoted into a registry unless ``gate.allow_synthetic`` is true (the demo and test configs).
+    ``force`` does not override it: it is a property of the deployment, not of the model."""
+    if data_kind != "synthetic" or cfg.allow_synthetic:
+        return decision
+    reason = ("trained on synthetic data: refusing to promote it (production config; set "
+              "data.source to the quotes store, or gate.allow_synthetic: true for a demo)")
+    return replace(decision, decision="reject", decision_without_force="reject",
+                   reasons=(*decision.reasons, reason), checks={**decision.checks, "real_data": False})

@@ -86,6 +86,8 @@ def task_config(ctx: dict[str, Any]) -> Config:
         overrides["registry.uri"] = os.environ["ATFT_REGISTRY"]
     if os.environ.get("ATFT_PUSHGATEWAY_URL"):
         overrides["metrics.pushgateway_url"] = os.environ["ATFT_PUSHGATEWAY_URL"]
+    if os.environ.get("ATFT_QUOTES_STORE") and overrides.get("data.source", cfg.data.source) is not None:
+        overrides["data.source"] = os.environ["ATFT_QUOTES_STORE"]  # where the store lives (deployment)
     extra = params.get("overrides") or []
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
     return apply_overrides(cfg, list(extra)) if extra else cfg
@@ -160,14 +162,17 @@ def check_fresh_data(ctx: dict[str, Any]) -> dict[str, Any]:
 
 def validate_data(ctx: dict[str, Any], fresh: dict[str, Any] | None = None) -> dict[str, Any]:
     """Great Expectations suite over the interval's quotes; raises on failure (nothing runs on)."""
+    from atft_core.data.store import is_partitioned_store, read_quotes
     from atft_core.validation import DataValidationError, validate_quotes
 
     cfg = task_config(ctx)
     wd = work_dir(ctx, cfg)
     source = (fresh or {}).get("source") or (str(wd / "raw") if cfg.data.source is None else cfg.data.source)
     end = data_end_day(ctx, cfg)
+    # a day-partitioned store is judged as it is read: split-adjusted (a split is not a bad tick)
+    data = read_quotes(source, start=cfg.data.start, end=end) if is_partitioned_store(source) else source
     try:
-        report = validate_quotes(source, cfg.validation, as_of=end, docs_dir=wd / "validation",
+        report = validate_quotes(data, cfg.validation, as_of=end, docs_dir=wd / "validation",
                                  start=cfg.data.start, end=end)
     except DataValidationError as err:  # unreadable input: still a failed validation stage
         _pusher(ctx, cfg, "validate").data_validation(
@@ -300,7 +305,8 @@ def evaluate_holdout(ctx: dict[str, Any], trained: dict[str, Any]) -> dict[str, 
 
 def gate(ctx: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     """Promotion decision (SPEC 7) written as JSON next to the run; pushes gate metrics."""
-    from atft_core.gate import decide
+    from atft_core.data.store import data_source_kind
+    from atft_core.gate import decide, refuse_synthetic
 
     cfg = task_config(ctx)
     wd = work_dir(ctx, cfg)
@@ -309,6 +315,7 @@ def gate(ctx: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     decision = decide(full["candidate"], full["champion"], cfg.gate,
                       force=bool(params.get("force")), actor=params.get("actor") or ctx.get("run_id"),
                       champion_unavailable=full.get("note") if full["champion"] is None else None)
+    decision = refuse_synthetic(decision, data_source_kind(cfg.data.source), cfg.gate)
     record = decision.to_dict() | {"champion_run_id": full.get("champion_run_id")}
     _write_json(wd / "gate_decision.json", record)
     cand, champ = full["candidate"], full["champion"]
@@ -344,7 +351,11 @@ def publish(ctx: dict[str, Any], trained: dict[str, Any], decision: dict[str, An
     wd = work_dir(ctx, cfg)
     pusher = _pusher(ctx, cfg, "publish")
     try:
-        fingerprint = hashlib.sha256((wd / "features.parquet").read_bytes()).hexdigest()
+        from atft_core.data.store import data_source_kind
+
+        # the manifest's data_fingerprint records the data source kind too: "store:sha256:..."
+        fingerprint = (f"{data_source_kind(cfg.data.source)}:sha256:"
+                       f"{hashlib.sha256((wd / 'features.parquet').read_bytes()).hexdigest()}")
         result = registry.publish(trained["run_dir"], trained["run_id"], data_fingerprint=fingerprint)
         full = json.loads((wd / "gate_decision.json").read_text())
         # CAS against the champion the gate compared with: a concurrent promotion makes this fail

@@ -35,7 +35,9 @@ from datetime import timedelta
 import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, PokeReturnValue, TriggerRule, dag, task
+from airflow.sdk import AssetOrTimeSchedule
 from atft_airflow_utils import retrain_summary, task_ctx
+from atft_assets import QUOTES_STORE
 from jpx_timetable import JPXTradingDayTimetable
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,8 @@ PARAMS = {
 
 @dag(
     dag_id="atft_retrain",
-    schedule=JPXTradingDayTimetable(at="18:00"),
+    # the JPX timetable OR a committed day of the quotes store (atft_ingest), see atft_assets
+    schedule=AssetOrTimeSchedule(timetable=JPXTradingDayTimetable(at="18:00"), assets=[QUOTES_STORE]),
     start_date=pendulum.datetime(2024, 1, 4, tz="Asia/Tokyo"),
     catchup=False,
     max_active_runs=1,

@@ -6,8 +6,9 @@
      "as_of" (YYYY-MM-DD: the JPX trading day of data_interval_end in Asia/Tokyo),
      "params": {...}, "try_number"}
 
-Decision: a run without a data interval (Airflow 3 manual runs may have no logical date) takes
-the JPX interval of its ``run_after`` (see ``jpx_timetable``): a fixed property of the run, never
+Decision: a run without a data interval takes the JPX interval of the day its triggering asset
+events name (an asset-triggered retrain after atft_ingest committed day D), else (Airflow 3 manual
+runs may have no logical date) the JPX interval of its ``run_after`` (see ``jpx_timetable``): a fixed property of the run, never
 "now", so a retry or re-run of the same DAG run resolves to the same paths.
 """
 
@@ -33,8 +34,10 @@ def task_ctx(context: Mapping[str, Any]) -> dict[str, Any]:
     if end is None:
         from jpx_timetable import JPXTradingDayTimetable
 
-        interval = JPXTradingDayTimetable().infer_manual_data_interval(
-            run_after=pendulum.instance(dag_run.run_after))
+        day = asset_event_day(context)
+        interval = (JPXTradingDayTimetable().interval_for(day) if day is not None else
+                    JPXTradingDayTimetable().infer_manual_data_interval(
+                        run_after=pendulum.instance(dag_run.run_after)))
         start, end = interval.start, interval.end
     params = context.get("params") or {}
     return {
@@ -46,6 +49,16 @@ def task_ctx(context: Mapping[str, Any]) -> dict[str, Any]:
         "params": {k: params[k] for k in params},
         "try_number": int(context["ti"].try_number),
     }
+
+
+def asset_event_day(context: Mapping[str, Any]) -> dt.date | None:
+    """An asset-triggered run has no data interval: it is for the latest trading day named by
+    its triggering events (``extra["day"]``, set by atft_ingest's commit), not for whatever
+    session had closed when the event arrived (17:35 JST is still "yesterday" at an 18:00 cutoff)."""
+    events = context.get("triggering_asset_events") or {}
+    days = [ev.extra["day"] for evs in events.values() for ev in evs
+            if isinstance(getattr(ev, "extra", None), Mapping) and ev.extra.get("day")]
+    return max(dt.date.fromisoformat(str(d)) for d in days) if days else None
 
 
 def retrain_summary(

@@ -195,6 +195,7 @@ def _cli_fetch(server, store: Path, start: dt.date, end: dt.date) -> subprocess.
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_day_leaves_the_day_whole_or_absent(server, tmp_path):
     store = tmp_path / "store"
     proc = _cli_fetch(server, store, DAYS[0], DAYS[1])

@@ -439,3 +439,42 @@ def read_quotes(root_or_file: str | Path, start: dt.date | str | None = None,
                     raise StoreError(f"unreadable parquet file {f}: {_one_line(file_err)}") from None
         raise StoreError(f"reading quotes from {root_or_file} failed: {_one_line(err)}") from err
     return df.sort(list(KEY_COLUMNS)).select(CANONICAL_COLUMNS)
+
+
+# --------------------------------------------------------------------------- provenance
+def is_partitioned_store(source: str | Path) -> bool:
+    """An S3 store, or a local folder with date=* partitions (read through :func:`scan_store`)."""
+    if str(source).startswith("s3://"):
+        return True
+    path = Path(source)
+    return path.is_dir() and any(path.glob(DAY_GLOB))
+
+
+def data_source_kind(source: str | Path | None) -> str:
+    """``"synthetic"`` for no source or a store written by ``atft synth`` (it carries the
+    synthetic marker file), else ``"store"`` (market data). Recorded in the manifest."""
+    if source is None:
+        return "synthetic"
+    from atft_core.data.synthetic import META_FILE
+
+    if not str(source).startswith("s3://") and (Path(source) / META_FILE).exists():
+        return "synthetic"
+    return "store"
+
+
+def preview_with(root: str | Path, staged: pl.DataFrame, start: dt.date | str | None,
+                 end: dt.date | str | None) -> pl.DataFrame:
+    """The window as :func:`read_quotes` would return it once ``staged`` (store rows of some
+    days, not yet written) replaced those days: what a validation before the commit must see."""
+    start_d, end_d = _to_date(start), _to_date(end)
+    staged = _prepare(staged)
+    new_days = staged["Date"].unique().implode()
+    parts = [staged.lazy()]
+    if stored_days(root):
+        parts.insert(0, _raw_scan(root, start_d, end_d).filter(~pl.col("Date").is_in(new_days)))
+    lf = pl.concat(parts, how="vertical")
+    if start_d is not None:
+        lf = lf.filter(pl.col("Date") >= start_d)
+    if end_d is not None:
+        lf = lf.filter(pl.col("Date") <= end_d)
+    return complete_optional(_apply_corporate_actions(lf)).collect().sort(list(KEY_COLUMNS))
