@@ -38,13 +38,16 @@ class Market:
     seed: int = 0
 
     def raw_close(self, code: str, day: dt.date) -> float:
-        i = self.days.index(day)
-        j = self.codes.index(code)
+        i, j = self._day_index[day], self._code_index[code]
         base = 1000.0 + 37.0 * j + 3.0 * i + ((i * 7 + j * 13 + self.seed) % 11)
         for (c, s), f in self.splits.items():
             if c == code and day >= s:
                 base *= f
         return round(base, 1)
+
+    def __post_init__(self) -> None:
+        self._day_index = {d: i for i, d in enumerate(self.days)}
+        self._code_index = {c: j for j, c in enumerate(self.codes)}
 
     def factor(self, code: str, day: dt.date) -> float:
         return self.splits.get((code, day), 1.0)
@@ -57,7 +60,7 @@ class Market:
         return out
 
     def bars(self, day: dt.date) -> list[dict]:
-        if day not in self.days or (self.published_through and day > self.published_through):
+        if day not in self._day_index or (self.published_through and day > self.published_through):
             return []
         rows = []
         for j, code in enumerate(self.codes):

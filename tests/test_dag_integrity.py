@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DAG_IDS = {"atft_retrain", "atft_hpo", "atft_rollback"}
+DAG_IDS = {"atft_retrain", "atft_hpo", "atft_rollback", "atft_ingest"}
 HEAVY = ("torch", "great_expectations", "torch_geometric", "polars")
 
 
@@ -99,9 +99,13 @@ def test_no_heavy_library_is_imported_at_parse_time(parsed):
 @pytest.mark.slow  # a fresh interpreter importing Airflow
 def test_dags_survive_serialization_with_the_registered_timetable(parsed):
     s = parsed["serialized"]
-    assert s["atft_retrain"]["timetable"] == "JPXTradingDayTimetable"
-    assert s["atft_retrain"]["tt"] == {"at": "18:00"}
-    assert s["atft_retrain"]["summary"] == "JPX trading days 18:00 JST"
+    # the JPX timetable OR the quotes store's Asset (atft_ingest commits day D)
+    assert s["atft_retrain"]["timetable"] == "AssetOrTimeSchedule"
+    assert s["atft_retrain"]["summary"] == "Asset or JPX trading days 18:00 JST"
+    assert '"at": "18:00"' in json.dumps(s["atft_retrain"]["tt"]["timetable"])
+    assert "atft_quotes_store" in json.dumps(s["atft_retrain"]["tt"]["asset_condition"])
+    assert s["atft_ingest"]["timetable"] == "JPXTradingDayTimetable"
+    assert s["atft_ingest"]["tt"] == {"at": "17:30"}
     assert s["atft_hpo"]["timetable"] == "CronTriggerTimetable"
     assert s["atft_rollback"]["timetable"] == "NullTimetable"
 
@@ -160,7 +164,9 @@ def test_policies(bag):
                 assert t.retries >= 1, (dag_id, t.task_id)
     retrain = bag.dags["atft_retrain"]
     assert retrain.catchup is False
-    assert type(retrain.timetable).__name__ == "JPXTradingDayTimetable"
+    assert type(retrain.timetable).__name__ == "AssetOrTimeSchedule"
+    assert type(retrain.timetable.timetable).__name__ == "JPXTradingDayTimetable"
+    assert bag.dags["atft_ingest"].catchup is False
     assert type(bag.dags["atft_rollback"].timetable).__name__ == "NullTimetable"  # manual only
 
 

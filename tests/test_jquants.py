@@ -153,12 +153,14 @@ def _nightly(server, store: Path, days: list[dt.date]) -> None:
         fetch_range(_feed(), day, day, str(store), progress=False)
 
 
+@pytest.mark.slow  # two GX validations
 def test_split_between_two_nightly_fetches_is_continuous(env, server, tmp_path):
     from atft_core import features
     from atft_core.config import load_config
 
     split_day = DAYS[40]
     server.market.splits[("13070", split_day)] = 0.5  # 2:1 split
+    server.market.splits[("13080", split_day)] = 1 / 3  # 3:1: -67 % raw, a "bad tick" if unadjusted
     store = tmp_path / "store"
     _nightly(server, store, DAYS[:40])  # history fetched before the split
     before = read_quotes(store, codes=["1307"])
@@ -182,6 +184,13 @@ def test_split_between_two_nightly_fetches_is_continuous(env, server, tmp_path):
     ret = dict(zip(feats["Date"], feats["ret_1d_raw"]))
     assert abs(ret[split_day]) < 0.02
     assert feats["ret_1d_raw"].drop_nulls().abs().max() < 0.05
+    # validation judges what the pipeline reads (adjusted): no bad tick; the raw files would have one
+    from atft_core.validation import validate_quotes
+
+    adjusted = validate_quotes(read_quotes(store), cfg.validation, start=DAYS[0], end=DAYS[44])
+    assert adjusted.bad_ticks.height == 0
+    raw = validate_quotes(str(store), cfg.validation, start=DAYS[0], end=DAYS[44])
+    assert raw.bad_ticks.select("Date", "Code").rows() == [(split_day, "1308")]
     # re-running the split day (refetch) cannot apply the factor twice
     fetch_range(_feed(), split_day, split_day, str(store), refetch=True, progress=False)
     assert read_quotes(store, codes=["1307"]).equals(got)

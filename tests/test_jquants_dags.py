@@ -116,7 +116,8 @@ def asset_triggered_run(*, dag, session, conf, start_date, **_):
     session.commit()
     return dr
 
-retrain_conf = conf | {"min_rank_ic": -1.0, "min_sharpe": -20.0}
+retrain_conf = conf | {"min_rank_ic": -1.0, "min_sharpe": -20.0,
+                       "overrides": ["train.max_train_batches_per_epoch=2"]}  # the chain, not the model
 with mock.patch.object(dagrun_mod, "get_or_create_dagrun", asset_triggered_run):
     retrain = bag.dags["atft_retrain"].test(logical_date=None, run_conf=retrain_conf)
 fresh = retrain.get_task_instance("check_fresh_data").xcom_pull(task_ids="check_fresh_data")
@@ -147,7 +148,9 @@ def test_ingest_asset_event_triggers_retrain_on_day_d(tmp_path, monkeypatch):
         assert stored_days(store)[-1] == days[-2]
         env = airflow_env(tmp_path / "airflow") | {
             "JQUANTS_API_URL": srv.url, "JQUANTS_API_KEY": API_KEY, "HOME": str(tmp_path),
-            "ATFT_PUSHGATEWAY_URL": "", "ATFT_REGISTRY": f"file://{tmp_path / 'registry'}"}
+            "ATFT_PUSHGATEWAY_URL": "", "ATFT_REGISTRY": f"file://{tmp_path / 'registry'}",
+            # an unpaused consumer is what the scheduler queues asset events for
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False"}
         airflow = Path(sys.executable).with_name("airflow")
         mig = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True,
                              timeout=300, cwd=tmp_path)
@@ -164,8 +167,8 @@ def test_ingest_asset_event_triggers_retrain_on_day_d(tmp_path, monkeypatch):
     assert stored_days(store)[-1] == day
     assert read_quotes(store, day, day).height == len(codes)
     assert [e["day"] for e in out["events"]] == [str(day)]
-    assert "atft_retrain" in out["queued"]  # the scheduler would start the retrain now
+    assert "atft_retrain" in out["queued"], out  # the scheduler would start the retrain now
     # the asset-triggered retrain (event at 17:3x JST, before the 18:00 cutoff) is for day D
-    assert out["retrain_type"] == "asset_triggered"
-    assert out["fresh"]["latest_day"] == str(day) and out["fresh"]["expected_day"] == str(day)
+    assert out["retrain_type"] == "asset_triggered", out
+    assert out["fresh"]["latest_day"] == str(day) and out["fresh"]["expected_day"] == str(day), out
     assert out["retrain_state"] == "success", out["retrain_tis"]

@@ -25,7 +25,10 @@ def register(sub) -> None:
     p.add_argument("--config", default="demo", help="config name for the DAG's Params")
     p.add_argument("--runs", type=int, default=2, help="how many DAG runs (seeds 0, 1, ...)")
     p.add_argument("--date", default=None, help="day of the last run (default: the latest JPX trading day)")
-    p.add_argument("--data-source", default=None, help="parquet of canonical quotes (default: synthetic)")
+    p.add_argument("--data-source", default=None,
+                   help="quotes store / parquet, or 'jquants': fetch the window from J-Quants into "
+                        "--store first (needs JQUANTS_API_KEY); default: the synthetic market")
+    p.add_argument("--store", default="var/data/quotes", help="store for --data-source jquants")
     p.add_argument("--airflow-home", default="var/airflow")
     p.set_defaults(func=run_demo)
 
@@ -71,6 +74,17 @@ def run_demo(args) -> int:
     # consecutive nightly runs: run i is the i-th of the last `runs` trading days (oldest first)
     days = [calendar.add_trading_days(last, i - args.runs + 1).isoformat() for i in range(args.runs)]
     cfg = load_config(args.config)
+    if args.data_source == "jquants":  # real market data: fetch the window (resumable), then use it
+        from atft_core.data.jquants import JQuantsError, JQuantsFeed, fetch_range, resolve_api_key
+
+        start = calendar.add_trading_days(last, -(cfg.data.synthetic.n_days - 1))
+        try:
+            summary = fetch_range(JQuantsFeed(resolve_api_key()), start, last, args.store)
+        except (JQuantsError, ValueError) as err:
+            print(f"atft demo: {err}", file=sys.stderr)
+            return 1
+        print("\n".join(summary.lines()))
+        args.data_source = args.store
     rc = 0
     for i, day in enumerate(days):
         conf = {"config": args.config, "seed": i, "actor": "atft demo"}
