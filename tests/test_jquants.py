@@ -112,10 +112,14 @@ def test_missing_field_and_malformed_json_are_named(env, server):
         _feed().fetch_day(DAYS[0])
 
 
-def test_no_key_is_a_clear_error(monkeypatch):
+def test_no_key_is_a_clear_usage_error(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("JQUANTS_API_KEY", raising=False)
-    with pytest.raises(jquants.JQuantsError, match="jquants_default.*JQUANTS_API_KEY"):
+    with pytest.raises(jquants.MissingKey, match="jquants_default.*JQUANTS_API_KEY"):
         jquants.resolve_api_key()
+    assert main(["fetch", "jquants", "--start", "2024-01-04", "--end", "2024-01-05",
+                 "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.startswith("atft fetch: no J-Quants API key")
+    assert jquants.resolve_api_key("explicit") == "explicit"
 
 
 def test_calendar_disagreeing_with_xtks_is_refused(env, server, monkeypatch):

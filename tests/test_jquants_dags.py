@@ -147,10 +147,13 @@ def test_ingest_asset_event_triggers_retrain_on_day_d(tmp_path, monkeypatch):
         fetch_range(JQuantsFeed(API_KEY), days[0], days[-2], str(store), progress=False)  # history
         assert stored_days(store)[-1] == days[-2]
         env = airflow_env(tmp_path / "airflow") | {
-            "JQUANTS_API_URL": srv.url, "JQUANTS_API_KEY": API_KEY, "HOME": str(tmp_path),
+            "JQUANTS_API_URL": srv.url, "HOME": str(tmp_path),
+            # the key only in the Airflow connection (password), as in production
+            "AIRFLOW_CONN_JQUANTS_DEFAULT": json.dumps({"conn_type": "generic", "password": API_KEY}),
             "ATFT_PUSHGATEWAY_URL": "", "ATFT_REGISTRY": f"file://{tmp_path / 'registry'}",
             # an unpaused consumer is what the scheduler queues asset events for
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False"}
+        env.pop("JQUANTS_API_KEY", None)
         airflow = Path(sys.executable).with_name("airflow")
         mig = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True,
                              timeout=300, cwd=tmp_path)

@@ -27,7 +27,7 @@ def _fetch_jquants(args) -> int:
     import datetime as dt
     import sys
 
-    from atft_core.data.jquants import JQuantsError, JQuantsFeed, fetch_range, resolve_api_key
+    from atft_core.data.jquants import JQuantsError, JQuantsFeed, MissingKey, fetch_range, resolve_api_key
     from atft_core.data.store import StoreError
 
     try:
@@ -45,6 +45,9 @@ def _fetch_jquants(args) -> int:
         feed = JQuantsFeed(resolve_api_key(), deadline_s=args.deadline)
         summary = fetch_range(feed, start, end, args.out, refetch=args.refetch,
                               progress=not args.no_progress)
+    except MissingKey as err:  # configuration the user has to give: a usage error
+        print(f"atft fetch: {err}", file=sys.stderr)
+        return 2
     except (JQuantsError, StoreError) as err:
         print(f"atft fetch: {err}", file=sys.stderr)
         return 1

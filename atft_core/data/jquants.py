@@ -63,6 +63,10 @@ class KeyRefused(JQuantsError):
     pass
 
 
+class MissingKey(JQuantsError):
+    pass
+
+
 class DeadlineExceeded(JQuantsError):
     pass
 
@@ -89,7 +93,7 @@ def resolve_api_key(api_key: str | None = None, *, airflow_conn_id: str | None =
                      airflow_conn_id, type(err).__name__)
     key = os.environ.get("JQUANTS_API_KEY", "")
     if not key:
-        raise JQuantsError("no J-Quants API key: set the Airflow connection "
+        raise MissingKey("no J-Quants API key: set the Airflow connection "
                            f"{AIRFLOW_CONN_ID!r} (password) or JQUANTS_API_KEY")
     return key
 
