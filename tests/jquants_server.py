@@ -5,7 +5,8 @@ Speaks the V2 protocol the client uses: ``x-api-key`` header, ``GET /v2/equities
 ``{"data": [...], "pagination_key": "..."}`` pages of ``page_size`` records. Faults are injected
 by setting attributes: ``fail_next`` (statuses answered before serving normally), ``always``
 (a status for every request), ``drop_field`` (a bars field left out), ``malformed`` (broken
-JSON), ``page_delay`` (seconds to stall before page 2+ of the bars).
+JSON), ``page_delay`` (seconds to stall before page 2+ of the bars), ``trickle_s`` (the body
+one byte at a time).
 
 Prices: ``Market`` keeps the RAW bar of each (day, code); a split (``splits[(code, day)] = f``)
 multiplies raw prices from ``day`` on by ``f`` (0.5 = 2:1) and sets ``AdjFactor = f`` on ``day``.
@@ -91,6 +92,7 @@ class JQuantsServer:
         self.drop_field: str | None = None
         self.malformed = False
         self.page_delay = 0.0
+        self.trickle_s = 0.0  # > 0: the body is sent one byte per trickle_s seconds
         self.requests: list[str] = []
         self.headers_seen: list[dict[str, str]] = []
         self._lock = threading.Lock()
@@ -152,7 +154,13 @@ def _handler(server: JQuantsServer):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(body)
+                if server.trickle_s > 0:
+                    for i in range(min(len(body), 600)):  # bounded: at most 600 bytes trickled
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(server.trickle_s)
+                else:
+                    self.wfile.write(body)
 
         def log_message(self, *args):  # keep pytest output clean
             pass

@@ -88,6 +88,14 @@ def test_500_storm_ends_at_the_deadline_and_writes_nothing(env, server, tmp_path
     assert len(server.requests) >= 2  # it did retry (backoff 0.5 s, 1 s, ...) inside the deadline
 
 
+def test_trickling_body_ends_at_the_deadline(env, server):
+    server.trickle_s = 0.05  # every byte arrives in time for a per-read timeout, never in total
+    t0 = time.monotonic()
+    with pytest.raises(jquants.DeadlineExceeded, match="body did not arrive within the 1 s deadline"):
+        JQuantsFeed(API_KEY, deadline_s=1.0).trading_days(DAYS[0], DAYS[5])
+    assert time.monotonic() - t0 < 3.0
+
+
 def test_401_fails_at_once_and_never_shows_the_key(env, server, tmp_path, capsys, caplog, monkeypatch):
     monkeypatch.setenv("JQUANTS_API_KEY", "wrong-key-SECRET-1")
     caplog.set_level(logging.DEBUG)

@@ -77,6 +77,47 @@ def test_quotes_store_env_moves_the_store_not_the_choice(monkeypatch):
     assert pipeline.task_config(ctx).data.source == "s3://atft/quotes"
 
 
+@pytest.mark.slow  # two GX validations
+def test_ingest_tasks_validate_before_commit_and_rerun_idempotently(tmp_path, monkeypatch):
+    from atft_core import ingest_pipeline
+    from atft_core.data.jquants import JQuantsFeed, fetch_range
+    from atft_core.data.store import stored_days
+    from atft_core.validation import DataValidationError
+
+    monkeypatch.chdir(tmp_path)
+    day = dt.date(2024, 5, 9)
+    days = calendar.trading_days(calendar.add_trading_days(day, -40), day)
+    store = tmp_path / "quotes"
+    market = Market(codes=[f"{1300 + j}0" for j in range(30)], days=days, published_through=day)
+    ctx = {"dag_id": "atft_ingest", "run_id": "scheduled__1", "as_of": str(day),
+           "params": {"config": "test", "data_source": str(store)}}
+    with serve(market) as srv:
+        monkeypatch.setenv("JQUANTS_API_URL", srv.url)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        fetch_range(JQuantsFeed(API_KEY), days[0], days[-2], str(store), progress=False)
+        before = {p: p.read_bytes() for p in store.rglob("*.parquet")}
+        # a day with 5 of 30 stocks fails coverage: nothing reaches the store
+        real_bars = market.bars
+        monkeypatch.setattr(market, "bars", lambda d: real_bars(d)[:5] if d == day else real_bars(d))
+        thin = ingest_pipeline.fetch_day(ctx, API_KEY)
+        with pytest.raises(DataValidationError, match="coverage"):
+            ingest_pipeline.validate_day(ctx, thin)
+        assert {p: p.read_bytes() for p in store.rglob("*.parquet")} == before
+        # the full day passes, commits, and a re-run (backfill of the same day) changes nothing
+        monkeypatch.setattr(market, "bars", real_bars)
+        fetched = ingest_pipeline.fetch_day(ctx, API_KEY)
+        assert ingest_pipeline.validate_day(ctx, fetched)["rows"] > 0
+        first = ingest_pipeline.commit_day(ctx, fetched)
+        assert first["replaced_existing_day"] is False and stored_days(store)[-1] == day
+        after = {p: p.read_bytes() for p in store.rglob("*.parquet")}
+        rerun = ingest_pipeline.commit_day(ctx | {"run_id": "backfill__1"},
+                                           ingest_pipeline.fetch_day(ctx | {"run_id": "backfill__1"}, API_KEY))
+        assert rerun["replaced_existing_day"] is True
+        assert {p: p.read_bytes() for p in store.rglob("*.parquet")} == after
+    with pytest.raises(ingest_pipeline.IngestConfigError, match="synthetic"):
+        ingest_pipeline.fetch_day(ctx | {"params": {"config": "test"}}, API_KEY)
+
+
 # --------------------------------------------------------------------------- the chain
 CHAIN = r"""
 import json, os, sys

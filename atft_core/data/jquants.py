@@ -13,8 +13,10 @@ smallest wrapper added for it:
   or 500-storming server holds a fetch for unbounded time -> :class:`DeadlineSession`, a
   ``requests.Session`` given to the client as its session: 429 / 5xx / connection errors are
   retried with exponential backoff (``Retry-After`` honoured) until ONE total deadline per
-  request series; the body is streamed and the deadline checked between chunks; 401/403 end at
-  once ("the API key was refused"). The package's own retry adapter is never mounted.
+  trading day (bars, every page, and the master) or per calendar query; the body is read one
+  socket read at a time with the deadline checked between reads, so a trickling server cannot
+  hold it; 401/403 end at once ("the API key was refused"). The package's own retry adapter is
+  never mounted (our session replaces the one it would build).
 * Errors: an HTTP error message of the package is replaced by ours, which never contains the key
   (the key is only ever in the ``x-api-key`` header; URLs and messages are key-free).
 * Schema: a missing field (``AdjC``, ``S33``, ...) or unparsable JSON is an error naming it.
@@ -124,6 +126,18 @@ class DeadlineSession(requests.Session):
     def _left(self) -> float:
         return self._until - time.monotonic()
 
+    def _read_body(self, resp) -> bytes:
+        # read1: at most one socket read per call, so a server trickling bytes meets the deadline
+        # check between reads (iter_content(n) would wait for n bytes, however slowly they come)
+        body = []
+        while chunk := resp.raw.read1(65_536, decode_content=True):
+            body.append(chunk)
+            if self._left() <= 0:
+                resp.close()
+                raise DeadlineExceeded(f"{self.what}: the response body did not arrive within "
+                                       f"the {self.deadline_s:g} s deadline")
+        return b"".join(body)
+
     def request(self, method, url, **kwargs):  # type: ignore[override]
         kwargs.pop("timeout", None)
         kwargs["stream"] = True
@@ -136,14 +150,7 @@ class DeadlineSession(requests.Session):
             try:
                 resp = super().request(method, url, timeout=(min(5.0, left), min(self.read_timeout_s, left)),
                                        **kwargs)
-                body = []
-                for chunk in resp.iter_content(65_536):
-                    body.append(chunk)
-                    if self._left() <= 0:
-                        resp.close()
-                        raise DeadlineExceeded(f"{self.what}: the response body did not arrive within "
-                                               f"the {self.deadline_s:g} s deadline")
-                resp._content = b"".join(body)
+                resp._content, resp._content_consumed = self._read_body(resp), True
             except requests.RequestException as err:
                 status, last = None, type(err).__name__
             else:
@@ -176,8 +183,10 @@ class JQuantsFeed:
         self.client.JQUANTS_API_BASE = (url or base_url()).rstrip("/")
         self.client._session = self.session  # the package's _request_session() returns it
 
-    def _call(self, what: str, fn, *args, **kwargs):
-        self.session.start(what)
+    def _call(self, what: str, fn, *args, new_deadline: bool = True, **kwargs):
+        if new_deadline:
+            self.session.start(what)
+        self.session.what = what
         try:
             return fn(*args, **kwargs)
         except JQuantsError:
@@ -217,7 +226,7 @@ class JQuantsFeed:
             raise JQuantsError(f"/equities/bars/daily date={day}: no bars (not published yet?)")
         _require(bars, BARS_FIELDS, "/equities/bars/daily")
         master = self._call(f"/equities/master date={day}", self.client.get_eq_master,
-                            date=day.isoformat())
+                            date=day.isoformat(), new_deadline=False)  # one deadline per day
         _require(master, MASTER_FIELDS, "/equities/master")
         return to_canonical(bars, master, day)
 
