@@ -34,8 +34,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import Param, PokeReturnValue, TriggerRule, dag, task
-from airflow.sdk import AssetOrTimeSchedule
+from airflow.sdk import AssetOrTimeSchedule, Param, PokeReturnValue, TriggerRule, dag, task
 from atft_airflow_utils import retrain_summary, task_ctx
 from atft_assets import QUOTES_STORE
 from jpx_timetable import JPXTradingDayTimetable

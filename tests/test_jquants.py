@@ -14,13 +14,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from jquants_server import API_KEY, Market, serve
 
 from atft_core import calendar
 from atft_core.cli import main
 from atft_core.data import jquants
 from atft_core.data.jquants import JQuantsFeed, fetch_range
 from atft_core.data.store import read_quotes, stored_days
-from jquants_server import API_KEY, Market, serve
 
 pytest_plugins = ["s3_server"]
 

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from jquants_server import API_KEY, Market, serve
 
 from atft_core import calendar, pipeline
 from atft_core.config import load_config
 from atft_core.data.store import data_source_kind
-from jquants_server import API_KEY, Market, serve
 
 REPO = Path(__file__).resolve().parents[1]
 PASSING = {"rank_ic_1d": 0.2, "sharpe_1d": 2.0, "coverage": 1.0, "pred_std_1d": 0.01, "n_days": 5,

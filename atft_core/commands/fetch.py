@@ -27,7 +27,13 @@ def _fetch_jquants(args) -> int:
     import datetime as dt
     import sys
 
-    from atft_core.data.jquants import JQuantsError, JQuantsFeed, MissingKey, fetch_range, resolve_api_key
+    from atft_core.data.jquants import (
+        JQuantsError,
+        JQuantsFeed,
+        MissingKey,
+        fetch_range,
+        resolve_api_key,
+    )
     from atft_core.data.store import StoreError
 
     try:
