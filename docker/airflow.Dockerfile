@@ -38,6 +38,10 @@ RUN pip install --no-cache-dir -c /opt/atft/requirements/lock-py311.txt \
         -e "/opt/atft[airflow]" \
     && python -c "import atft_core, torch; print('atft_core', atft_core.__version__, 'torch', torch.__version__, 'cuda', torch.version.cuda)" \
     && python -c "from airflow.providers.fab.auth_manager.fab_auth_manager import FabAuthManager"
+# jquants-api-client without its stale tenacity<9 pin (requirements/no-deps.txt says why)
+COPY --chown=airflow:0 requirements/no-deps.txt /opt/atft/requirements/no-deps.txt
+RUN pip install --no-cache-dir --no-deps -r /opt/atft/requirements/no-deps.txt \
+    && python -c "import jquantsapi; jquantsapi.ClientV2"
 
 # A CUDA flavour must really be a CUDA build: fail the build, not the first training run.
 RUN if [ "${TORCH_FLAVOR}" != "cpu" ]; then \
