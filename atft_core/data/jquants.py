@@ -295,6 +295,8 @@ def fetch_range(feed: JQuantsFeed, start: dt.date, end: dt.date, out: str, *,
 
     A day is written only after all its pages arrived, as one atomic object, so an interrupted
     fetch leaves the day whole or absent, and the next run fetches exactly the missing days.
+    "Complete" means the day's partition exists: a day first filled by a partial ``atft ingest``
+    counts as complete too (``refetch=True`` replaces it with the feed's whole day).
     """
     from tqdm.auto import tqdm
 
