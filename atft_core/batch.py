@@ -29,6 +29,8 @@ class DayBatch:
         edge_attr:  (E, 2)    float32  [rho, same_sector]
         day_ptr:    (K+1,)    int64    rows of day k are day_ptr[k]:day_ptr[k+1]
         dates:      K dates; codes: (N,) str numpy array (host only)
+        day_ptr_host: (K+1,) int64 on the CPU, set by :meth:`to` when day_ptr moves to a device:
+                    the losses read day sizes from it without a device->host sync
     """
 
     x: Tensor
@@ -40,6 +42,7 @@ class DayBatch:
     day_ptr: Tensor
     dates: list[dt.date]
     codes: np.ndarray = field(repr=False)
+    day_ptr_host: Tensor | None = field(default=None, repr=False)
 
     @property
     def num_days(self) -> int:
@@ -64,7 +67,14 @@ class DayBatch:
             self,
             x=mv(self.x), y=mv(self.y), y_raw=mv(self.y_raw), mask=mv(self.mask),
             edge_index=mv(self.edge_index), edge_attr=mv(self.edge_attr), day_ptr=mv(self.day_ptr),
+            day_ptr_host=self.host_day_ptr(),
         )
+
+    def host_day_ptr(self) -> Tensor:
+        """day_ptr on the CPU (a copy, i.e. a sync, only if it was never on the host)."""
+        if self.day_ptr_host is not None:
+            return self.day_ptr_host
+        return self.day_ptr if self.day_ptr.device.type == "cpu" else self.day_ptr.cpu()
 
     def pin_memory(self) -> DayBatch:
         pin = lambda t: t.pin_memory()  # noqa: E731

@@ -9,21 +9,28 @@ Decisions recorded here:
   training never computes ranks, correlations or a Sharpe ratio in bf16.
 * Targets are ``batch.y`` (the per-day normalised target) with ``batch.mask``; masked rows are
   ignored, never treated as 0. Days with fewer than 2 valid stocks for a horizon are skipped.
+* Vectorised: the (N, H) rows are scattered once into a padded (H, K, n_max) block (horizon x
+  day x stock, ``valid`` marks real entries) and every term is a masked reduction over the last
+  axis, for all horizons and days at once. No Python loop over days or horizons, no ``if`` on a
+  tensor value; the only host sync is one ``tolist()`` of all logged components at the end (the
+  padding width comes from ``day_ptr`` on the host, see :attr:`DayBatch.day_ptr_host`).
 * RankIC uses a pairwise-sigmoid soft rank of the per-day standardised prediction
   (``rank_i = 1 + sum_{j != i} sigmoid((p_i - p_j) / T)``; standardising makes ``T`` a fraction of
   the day's prediction std, independent of the prediction scale). As T -> 0 it becomes the exact
-  average rank, so the loss becomes 1 - exact Spearman. O(N^2) memory per day (N <= ~4000 fine).
+  average rank, so the loss becomes 1 - exact Spearman. It is a custom autograd function that
+  works in row chunks and recomputes the sigmoids in backward: O(N * chunk) memory per day block
+  instead of the dense O(N^2) matrix (and its saved copies) of the autograd version.
 * Sharpe uses the normalised target y (not y_raw): raw returns of different horizons differ in
   scale and have fat tails; on the normalised target the portfolio return is a bounded, ranking-
   focused signal. It needs >= 2 days with a defined return; otherwise it contributes 0 and is
-  reported as NaN.
+  reported as NaN (gradient accumulation therefore never splits a batch's loss into micro-batch
+  losses: see :mod:`atft_core.train.grad_accum`).
 * A term whose weight is 0 is not computed (it would only cost time) and is absent from
   ``components``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import torch
@@ -33,6 +40,7 @@ from torch import Tensor
 from atft_core.config import LossConfig, LossWeights
 
 EPS = 1e-8
+SOFTRANK_CHUNK_ELEMENTS = 1 << 22  # pairwise block per soft-rank chunk: 4M elements = 16 MB fp32
 
 
 class _BatchLike(Protocol):
@@ -42,50 +50,109 @@ class _BatchLike(Protocol):
 
 
 # --------------------------------------------------------------------------- ranks
+def exact_rank_rows(v: Tensor, valid: Tensor) -> Tensor:
+    """Average ranks 1..n among each row's valid entries (ties share their mean rank, like
+    ``scipy.stats.rankdata``); invalid entries get 0. (B, N), (B, N) bool -> (B, N)"""
+    big = torch.finfo(v.dtype).max
+    vv = torch.where(valid, v, big)  # invalid entries sort last and never tie a real value
+    s = vv.sort(dim=-1).values.contiguous()
+    left = torch.searchsorted(s, vv.contiguous(), right=False)  # values strictly below
+    right = torch.searchsorted(s, vv.contiguous(), right=True)  # values <= v
+    rank = (left + right + 1).to(v.dtype) / 2  # mean of the 1-based positions left+1 .. right
+    return torch.where(valid, rank, torch.zeros_like(rank))
+
+
 def exact_rank(v: Tensor) -> Tensor:
     """Average ranks 1..n (ties share their mean rank, like ``scipy.stats.rankdata``). (n,) -> (n,)"""
-    n = v.shape[0]
-    sorted_v, order = torch.sort(v)
-    ordinal = torch.empty(n, dtype=torch.float64, device=v.device)
-    ordinal[order] = torch.arange(1, n + 1, dtype=torch.float64, device=v.device)
-    # group equal values: ranks of a tie group are replaced by the group's mean ordinal rank
-    new_group = torch.ones(n, dtype=torch.bool, device=v.device)
-    new_group[1:] = sorted_v[1:] != sorted_v[:-1]
-    group_sorted = torch.cumsum(new_group.long(), 0) - 1  # (n,) group id in sorted order
-    group = torch.empty_like(group_sorted)
-    group[order] = group_sorted
-    n_groups = int(group_sorted[-1]) + 1 if n else 0
-    sums = torch.zeros(n_groups, dtype=torch.float64, device=v.device).index_add_(0, group, ordinal)
-    counts = torch.zeros(n_groups, dtype=torch.float64, device=v.device).index_add_(
-        0, group, torch.ones_like(ordinal))
-    return (sums / counts)[group].to(v.dtype)
+    return exact_rank_rows(v.unsqueeze(0), torch.ones_like(v, dtype=torch.bool).unsqueeze(0))[0]
+
+
+class _ChunkedSoftRank(torch.autograd.Function):
+    """rank_i = 1/2 + sum_j valid_j sigmoid((v_i - v_j) / T) per row, in chunks of rows i.
+
+    Backward with s'_ij = sigmoid'(d_ij) (symmetric): dL/dv_k = (g_k sum_j s'_kj - sum_i g_i s'_ik) / T.
+    Nothing of size N x N is kept: the sigmoids are recomputed chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, v: Tensor, valid: Tensor, temperature: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(v, valid)
+        ctx.temperature = temperature
+        w = valid.to(v.dtype)
+        rank = torch.empty_like(v)
+        for i0, i1 in _chunks(v):
+            d = (v[:, i0:i1, None] - v[:, None, :]) / temperature  # (B, c, N)
+            rank[:, i0:i1] = 0.5 + (torch.sigmoid(d) * w[:, None, :]).sum(-1)
+        return rank * w  # invalid entries have no rank (0), and no gradient
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        v, valid = ctx.saved_tensors
+        t = ctx.temperature
+        w = valid.to(v.dtype)
+        g = g * w
+        grad = torch.zeros_like(v)
+        for i0, i1 in _chunks(v):
+            s = torch.sigmoid((v[:, i0:i1, None] - v[:, None, :]) / t)  # (B, c, N)
+            ds = s * (1 - s) * w[:, None, :]
+            grad[:, i0:i1] += g[:, i0:i1] * ds.sum(-1)
+            grad -= torch.einsum("bc,bcn->bn", g[:, i0:i1], ds)
+        return grad / t, None, None
+
+
+def _chunks(v: Tensor) -> list[tuple[int, int]]:
+    b, n = v.shape
+    c = max(1, SOFTRANK_CHUNK_ELEMENTS // max(1, b * n))
+    return [(i, min(i + c, n)) for i in range(0, n, c)]
+
+
+def soft_rank_rows(v: Tensor, valid: Tensor, temperature: float) -> Tensor:
+    """Differentiable rank among each row's valid entries. (B, N), (B, N) bool -> (B, N)
+
+    Ties get the average rank (sigmoid(0) = 1/2), so T -> 0 gives :func:`exact_rank_rows`.
+    Memory O(N * chunk), see :class:`_ChunkedSoftRank`.
+    """
+    v = torch.where(valid, v, torch.zeros_like(v))
+    return _ChunkedSoftRank.apply(v, valid, float(temperature))
 
 
 def soft_rank(v: Tensor, temperature: float) -> Tensor:
-    """Differentiable rank ``1 + sum_{j != i} sigmoid((v_i - v_j) / T)``. (n,) -> (n,)
-
-    Ties get the average rank (sigmoid(0) = 1/2), so T -> 0 gives :func:`exact_rank`.
-    """
-    diff = (v.unsqueeze(1) - v.unsqueeze(0)) / temperature  # (n, n)
-    return 0.5 + torch.sigmoid(diff).sum(dim=1)  # the diagonal contributes sigmoid(0) = 1/2
+    """Differentiable rank ``1 + sum_{j != i} sigmoid((v_i - v_j) / T)``. (n,) -> (n,)"""
+    return soft_rank_rows(v.unsqueeze(0), torch.ones_like(v, dtype=torch.bool).unsqueeze(0), temperature)[0]
 
 
-def _pearson(a: Tensor, b: Tensor) -> Tensor:
-    a = a - a.mean()
-    b = b - b.mean()
-    return (a * b).sum() / (a.norm() * b.norm() + EPS)
+# --------------------------------------------------------------------------- masked row statistics
+def _mean(x: Tensor, w: Tensor, n: Tensor) -> Tensor:
+    return (x * w).sum(-1) / n.clamp(min=1)
 
 
-def _standardise(v: Tensor) -> Tensor:
-    return (v - v.mean()) / (v.std(correction=0) + EPS)
+def _pearson_rows(a: Tensor, b: Tensor, w: Tensor, n: Tensor) -> Tensor:
+    """Pearson correlation of a and b over each row's valid entries (weights w in {0, 1})."""
+    a = (a - _mean(a, w, n)[..., None]) * w
+    b = (b - _mean(b, w, n)[..., None]) * w
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + EPS)
+
+
+def _standardise_rows(v: Tensor, w: Tensor, n: Tensor) -> Tensor:
+    c = (v - _mean(v, w, n)[..., None]) * w
+    var = (c * c).sum(-1) / n.clamp(min=1)
+    # a constant (or empty, padded) row has c == 0: any finite std gives 0, and sqrt(0) would
+    # put an infinite derivative (0 * inf = NaN) into the backward pass
+    std = torch.where(var > 0, var, 1.0).sqrt()
+    return c / (std[..., None] + EPS)
 
 
 def soft_spearman(pred: Tensor, target: Tensor, temperature: float) -> Tensor:
     """Pearson(soft_rank(standardised pred), exact_rank(target)). (n,), (n,) -> ()"""
-    return _pearson(soft_rank(_standardise(pred), temperature), exact_rank(target))
+    valid = torch.ones(1, pred.shape[0], dtype=torch.bool, device=pred.device)
+    w = valid.to(pred.dtype)
+    n = w.sum(-1)
+    ranks = soft_rank_rows(_standardise_rows(pred.unsqueeze(0), w, n), valid, temperature)
+    return _pearson_rows(ranks, exact_rank_rows(target.unsqueeze(0), valid).to(pred.dtype), w, n)[0]
 
 
-# --------------------------------------------------------------------------- per-day terms
+# --------------------------------------------------------------------------- padding
 def _horizon_weights(cfg: LossConfig, horizons: tuple[int, ...]) -> list[float]:
     missing = [h for h in horizons if h not in cfg.horizon_weights]
     if missing:
@@ -97,18 +164,31 @@ def _horizon_weights(cfg: LossConfig, horizons: tuple[int, ...]) -> list[float]:
     return [x / total for x in w]
 
 
-def _point(pred: Tensor, y: Tensor, cfg: LossConfig) -> Tensor:
-    if cfg.point == "huber":
-        return F.huber_loss(pred, y, delta=cfg.huber_delta)
-    return F.mse_loss(pred, y)
+def _host_day_ptr(batch: _BatchLike, n_rows: int) -> Tensor:
+    ptr = batch.day_ptr
+    if ptr.device.type == "cpu":
+        return ptr
+    host = getattr(batch, "day_ptr_host", None)
+    # a host copy that does not describe this batch (e.g. kept through a slice) is not used
+    if host is not None and host.numel() == ptr.numel() and int(host[-1]) == n_rows:
+        return host
+    return ptr.cpu()
 
 
-def _sharpe(daily_returns: list[Tensor]) -> Tensor:
-    """-mean/std of the daily long-short returns (needs >= 2 days)."""
-    r = torch.stack(daily_returns)  # (D,)
-    return -r.mean() / (r.std(correction=1) + EPS)
+def pad_days(x: Tensor, day_ptr: Tensor, day_ptr_host: Tensor, fill: float = 0.0) -> Tensor:
+    """(N, H) rows of K concatenated days -> (H, K, n_max), day k's rows at [:, k, :n_k]."""
+    counts_host = day_ptr_host[1:] - day_ptr_host[:-1]
+    k = int(counts_host.numel())
+    n_max = int(counts_host.max()) if k else 0
+    counts = (day_ptr[1:] - day_ptr[:-1]).to(x.device)
+    day = torch.repeat_interleave(torch.arange(k, device=x.device), counts, output_size=x.shape[0])
+    pos = torch.arange(x.shape[0], device=x.device) - day_ptr.to(x.device)[day]
+    out = x.new_full((x.shape[1], k, n_max), fill)
+    out[:, day, pos] = x.T
+    return out
 
 
+# --------------------------------------------------------------------------- the loss
 def compute_loss(
     pred: Tensor,
     batch: _BatchLike,
@@ -133,57 +213,83 @@ def compute_loss(
         ``point``, ``rankic``, ``cs_ic``, ``sharpe`` (the unweighted terms that were computed),
         their per-horizon values ``point_1d`` ..., and ``total`` to floats.
     """
+    total, comps = compute_loss_tensors(pred, batch, weights, cfg, horizons)
+    keys = list(comps)
+    values = torch.stack([comps[k].detach() for k in keys]).tolist() if keys else []  # the one host sync
+    return total, dict(zip(keys, values))
+
+
+def compute_loss_tensors(
+    pred: Tensor,
+    batch: _BatchLike,
+    weights: LossWeights,
+    cfg: LossConfig,
+    horizons: tuple[int, ...],
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`compute_loss` without any host sync: the components stay 0-d tensors."""
     n_h = len(horizons)
     if pred.ndim != 2 or pred.shape[1] != n_h:
         raise ValueError(f"pred must be (N, {n_h}), got {tuple(pred.shape)}")
     if batch.y.shape != pred.shape or batch.mask.shape != pred.shape:
         raise ValueError(f"batch.y/mask {tuple(batch.y.shape)} do not match pred {tuple(pred.shape)}")
-    hw = _horizon_weights(cfg, horizons)
+    hw = torch.tensor(_horizon_weights(cfg, horizons), dtype=torch.float32, device=pred.device)
     active = {k: float(getattr(weights, k)) for k in ("mse", "rankic", "cs_ic", "sharpe")}
     active = {k: v for k, v in active.items() if v > 0}
     name = {"mse": "point", "rankic": "rankic", "cs_ic": "cs_ic", "sharpe": "sharpe"}
 
     with torch.autocast(device_type=pred.device.type, enabled=False):
         p_all = pred.float()
-        y_all = batch.y.float()
-        mask = batch.mask.bool()
-        ptr = batch.day_ptr.tolist()
-        terms: dict[str, list[Tensor]] = {k: [] for k in active}  # per horizon
-        for j in range(n_h):
-            per_day: dict[str, list[Tensor]] = {k: [] for k in active}
-            for k in range(len(ptr) - 1):
-                m = mask[ptr[k]:ptr[k + 1], j]
-                if int(m.sum()) < 2:
-                    continue
-                p = p_all[ptr[k]:ptr[k + 1], j][m]  # (n_valid,)
-                y = y_all[ptr[k]:ptr[k + 1], j][m]  # (n_valid,)
-                if "mse" in active:
-                    per_day["mse"].append(_point(p, y, cfg))
-                if "rankic" in active:
-                    per_day["rankic"].append(1.0 - soft_spearman(p, y, cfg.softrank_temperature))
-                if "cs_ic" in active:
-                    per_day["cs_ic"].append(1.0 - _pearson(p, y))
-                if "sharpe" in active:
-                    w = p - p.mean()
-                    w = w / (w.abs().sum() + EPS)
-                    per_day["sharpe"].append((w * y).sum())
-            for key in active:
-                days = per_day[key]
-                if key == "sharpe":
-                    val = _sharpe(days) if len(days) >= 2 else None
-                else:
-                    val = torch.stack(days).mean() if days else None
-                terms[key].append(val if val is not None else p_all.new_tensor(math.nan))
+        ptr, ptr_host = batch.day_ptr, _host_day_ptr(batch, p_all.shape[0])
+        valid = pad_days(batch.mask.bool(), ptr, ptr_host, fill=False)  # (H, K, n)
+        w = valid.float()
+        p = pad_days(p_all, ptr, ptr_host) * w  # (H, K, n); padding is 0, never NaN
+        y = pad_days(batch.y.float(), ptr, ptr_host) * w
+        n = w.sum(-1)  # (H, K) valid stocks per horizon and day
+        day_ok = n >= 2  # days with < 2 valid stocks are skipped
+        nan = p_all.new_tensor(float("nan"))
+
+        def day_mean(per_day: Tensor) -> Tensor:  # (H, K) -> (H,), NaN where no day is defined
+            cnt = day_ok.sum(-1)
+            s = torch.where(day_ok, per_day, 0.0).sum(-1)
+            return torch.where(cnt > 0, s / cnt.clamp(min=1), nan)
+
+        terms: dict[str, Tensor] = {}  # key -> (H,)
+        if "mse" in active:
+            if cfg.point == "huber":
+                pl_ = F.huber_loss(p, y, delta=cfg.huber_delta, reduction="none")
+            else:
+                pl_ = (p - y) ** 2
+            terms["mse"] = day_mean(_mean(pl_, w, n))
+        if "rankic" in active:
+            std_p = _standardise_rows(p, w, n)
+            h_, k_, m_ = p.shape
+            ranks = soft_rank_rows(std_p.reshape(h_ * k_, m_), valid.reshape(h_ * k_, m_),
+                                   cfg.softrank_temperature).reshape(p.shape)
+            ry = exact_rank_rows(y.reshape(h_ * k_, m_), valid.reshape(h_ * k_, m_)).reshape(p.shape)
+            terms["rankic"] = day_mean(1.0 - _pearson_rows(ranks, ry, w, n))
+        if "cs_ic" in active:
+            terms["cs_ic"] = day_mean(1.0 - _pearson_rows(p, y, w, n))
+        if "sharpe" in active:
+            c = (p - _mean(p, w, n)[..., None]) * w
+            port = c / (c.abs().sum(-1, keepdim=True) + EPS)
+            r = torch.where(day_ok, (port * y).sum(-1), 0.0)  # (H, K) daily long-short returns
+            cnt = day_ok.sum(-1)  # (H,)
+            mu = r.sum(-1) / cnt.clamp(min=1)
+            var = (torch.where(day_ok, r - mu[:, None], 0.0) ** 2).sum(-1) / (cnt - 1).clamp(min=1)
+            sd = torch.where(var > 0, var, 1.0).sqrt() * (var > 0)  # sqrt(0) would give NaN grads
+            terms["sharpe"] = torch.where(cnt >= 2, -mu / (sd + EPS), nan)
+
         total = p_all.sum() * 0.0  # keeps the graph connected even if no term is defined
-        components: dict[str, float] = {}
+        components: dict[str, Tensor] = {}
         for key, per_h in terms.items():
-            finite = [(hw[j], t) for j, t in enumerate(per_h) if torch.isfinite(t)]
-            wsum = sum(w for w, _ in finite)
-            value = sum(w * t for w, t in finite) / wsum if finite else None
-            for j, t in enumerate(per_h):
-                components[f"{name[key]}_{horizons[j]}d"] = float(t.detach())
-            components[name[key]] = float(value.detach()) if value is not None else math.nan
-            if value is not None:
-                total = total + active[key] * value
-        components["total"] = float(total.detach())
+            finite = torch.isfinite(per_h)
+            wf = torch.where(finite, hw, 0.0)
+            wsum = wf.sum()
+            value = torch.where(finite, per_h, 0.0).mul(wf).sum() / wsum.clamp(min=EPS)
+            value = torch.where(wsum > 0, value, nan)
+            for j in range(n_h):
+                components[f"{name[key]}_{horizons[j]}d"] = per_h[j]
+            components[name[key]] = value
+            total = total + active[key] * torch.where(wsum > 0, value, 0.0)
+        components["total"] = total
     return total, components

@@ -174,3 +174,108 @@ def test_shape_and_horizon_errors():
         compute_loss(torch.zeros(len(b.y), 3), b, LossWeights(), LossConfig(), HORIZONS)
     with pytest.raises(ValueError, match="no weight for horizons"):
         compute_loss(torch.zeros(len(b.y), 4), b, LossWeights(), LossConfig(), (1, 2, 3, 4))
+
+
+# --------------------------------------------------------------------------- the old per-day loop, kept
+# as the slow reference of the vectorised compute_loss (issue 15 item 1)
+def _ref_soft_rank(v, t):
+    return 0.5 + torch.sigmoid((v.unsqueeze(1) - v.unsqueeze(0)) / t).sum(dim=1)
+
+
+def _ref_pearson(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    return (a * b).sum() / (a.norm() * b.norm() + 1e-8)
+
+
+def _ref_loss(pred, batch, weights, cfg, horizons):
+    from atft_core.losses import _horizon_weights
+
+    hw = _horizon_weights(cfg, horizons)
+    active = {k: float(getattr(weights, k)) for k in ("mse", "rankic", "cs_ic", "sharpe")}
+    active = {k: v for k, v in active.items() if v > 0}
+    name = {"mse": "point", "rankic": "rankic", "cs_ic": "cs_ic", "sharpe": "sharpe"}
+    p_all, y_all, mask, ptr = pred.float(), batch.y.float(), batch.mask.bool(), batch.day_ptr.tolist()
+    terms = {k: [] for k in active}
+    for j in range(len(horizons)):
+        per_day = {k: [] for k in active}
+        for k in range(len(ptr) - 1):
+            m = mask[ptr[k]:ptr[k + 1], j]
+            if int(m.sum()) < 2:
+                continue
+            p, y = p_all[ptr[k]:ptr[k + 1], j][m], y_all[ptr[k]:ptr[k + 1], j][m]
+            if "mse" in active:
+                per_day["mse"].append(torch.nn.functional.huber_loss(p, y, delta=cfg.huber_delta)
+                                      if cfg.point == "huber" else torch.nn.functional.mse_loss(p, y))
+            if "rankic" in active:
+                ps = (p - p.mean()) / (p.std(correction=0) + 1e-8)
+                per_day["rankic"].append(1.0 - _ref_pearson(_ref_soft_rank(ps, cfg.softrank_temperature),
+                                                            exact_rank(y)))
+            if "cs_ic" in active:
+                per_day["cs_ic"].append(1.0 - _ref_pearson(p, y))
+            if "sharpe" in active:
+                w = p - p.mean()
+                per_day["sharpe"].append((w / (w.abs().sum() + 1e-8) * y).sum())
+        for key in active:
+            days = per_day[key]
+            if key == "sharpe":
+                r = torch.stack(days) if len(days) >= 2 else None
+                val = -r.mean() / (r.std(correction=1) + 1e-8) if r is not None else None
+            else:
+                val = torch.stack(days).mean() if days else None
+            terms[key].append(val if val is not None else p_all.new_tensor(math.nan))
+    total, comps = p_all.sum() * 0.0, {}
+    for key, per_h in terms.items():
+        finite = [(hw[j], t) for j, t in enumerate(per_h) if torch.isfinite(t)]
+        wsum = sum(w for w, _ in finite)
+        value = sum(w * t for w, t in finite) / wsum if finite else None
+        for j, t in enumerate(per_h):
+            comps[f"{name[key]}_{horizons[j]}d"] = float(t.detach())
+        comps[name[key]] = float(value.detach()) if value is not None else math.nan
+        if value is not None:
+            total = total + active[key] * value
+    comps["total"] = float(total.detach())
+    return total, comps
+
+
+@pytest.mark.parametrize("point", ["mse", "huber"])
+@pytest.mark.parametrize("sizes", [(40, 35, 50, 45), (40, 1, 45), (30,), (3, 60, 2, 25, 41)])
+def test_vectorised_loss_equals_the_per_day_loop_values_and_gradients(point, sizes):
+    b = _batch(sizes=sizes, seed=len(sizes), masked=0.3)
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(b.y.shape, generator=g)
+    base[: sizes[0] // 2] = base[0]  # ties in the prediction too
+    wts = LossWeights(mse=0.7, rankic=0.4, cs_ic=0.3, sharpe=0.2)
+    cfg = LossConfig(point=point, softrank_temperature=0.3)
+    p1, p2 = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
+    t1, c1 = compute_loss(p1, b, wts, cfg, HORIZONS)
+    t2, c2 = _ref_loss(p2, b, wts, cfg, HORIZONS)
+    assert set(c1) == set(c2)
+    for k in c2:
+        if math.isnan(c2[k]):
+            assert math.isnan(c1[k]), k
+        else:
+            assert c1[k] == pytest.approx(c2[k], rel=1e-5, abs=1e-6), k
+    t1.backward()
+    t2.backward()
+    torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_soft_rank_equals_the_dense_one_with_gradients(monkeypatch):
+    import atft_core.losses as losses
+
+    monkeypatch.setattr(losses, "SOFTRANK_CHUNK_ELEMENTS", 37)  # many uneven chunks
+    v = torch.randn(3, 23, dtype=torch.float64)
+    valid = torch.rand(3, 23) > 0.2
+    a = v.clone().requires_grad_(True)
+    r = losses.soft_rank_rows(a, valid, 0.5)
+    coeff = torch.randn(3, 23, dtype=torch.float64)
+    (r * coeff * valid).sum().backward()
+    for row in range(3):
+        b = v[row][valid[row]].clone().requires_grad_(True)
+        ref = _ref_soft_rank(b, 0.5)
+        torch.testing.assert_close(r[row][valid[row]], ref.detach())
+        (ref * coeff[row][valid[row]]).sum().backward()
+        torch.testing.assert_close(a.grad[row][valid[row]], b.grad)
+        assert (a.grad[row][~valid[row]] == 0).all()
+    assert torch.autograd.gradcheck(lambda x: losses.soft_rank_rows(x, valid, 0.7),
+                                    (v.clone().requires_grad_(True),))

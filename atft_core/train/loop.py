@@ -1,7 +1,7 @@
 """The one training loop: every phase and every HPO trial run through :class:`Trainer`.
 
 Per optimizer step: the day batch is split into micro-batches of ``grad_accum_days`` days
-(weights = share of days, so the accumulated gradient is the batch mean of per-day losses),
+(the accumulated gradient is exactly the whole batch's, see :mod:`atft_core.train.grad_accum`),
 forward under bf16 autocast (CUDA or CPU), loss in fp32, backward, grad-norm clip, one host sync
 to check that loss and grad norm are finite (NaN guard), AdamW step with the LR from
 :class:`LRController` (warmup + plateau + NaN shrink). Under ``torchrun`` (``dist`` enabled,
@@ -64,6 +64,8 @@ from atft_core.train.checkpoint import (
     restore_rng,
 )
 from atft_core.train.ddp import SINGLE_PROCESS, DistContext, check_settings, identity_sha256
+from atft_core.train.gpu_stats import StepTimes, epoch_figures, epoch_start
+from atft_core.train.grad_accum import backward_batch_objective
 from atft_core.train.nan_guard import NanGuard
 from atft_core.train.phases import resolve_phases
 from atft_core.train.predict import Predictions, autocast_ctx, predict_loader, quick_metrics
@@ -71,8 +73,9 @@ from atft_core.train.scheduler import LRController
 
 log = logging.getLogger("atft.train")
 
-# loss_fn(pred (N,H) fp32, batch, weights, loss_cfg, horizons) -> (total, components)
-LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
+# loss_fn(pred (N,H) fp32, batch, weights, loss_cfg, horizons) -> (total, components: floats or
+# 0-d tensors, copied to the host with the step's one sync)
+LossFn = Callable[..., tuple[torch.Tensor, dict[str, float | torch.Tensor]]]
 EpochHook = Callable[[dict[str, Any]], None]
 
 
@@ -114,6 +117,7 @@ def slice_days(batch: DayBatch, lo: int, hi: int) -> DayBatch:
         batch, x=batch.x[rows], y=batch.y[rows], y_raw=batch.y_raw[rows], mask=batch.mask[rows],
         edge_index=batch.edge_index[:, keep] - r0, edge_attr=batch.edge_attr[keep],
         day_ptr=ptr[lo:hi + 1] - r0, dates=batch.dates[lo:hi], codes=batch.codes[r0:r1],
+        day_ptr_host=None,
     )
 
 
@@ -144,9 +148,9 @@ def prefetch(batches: Iterable[DayBatch], device: torch.device) -> Iterator[DayB
 
 
 def _default_loss_fn() -> LossFn:
-    from atft_core.losses import compute_loss
+    from atft_core.losses import compute_loss_tensors
 
-    return compute_loss
+    return compute_loss_tensors  # components stay on the device until the step's one sync
 
 
 # --------------------------------------------------------------------------- state
@@ -282,6 +286,10 @@ class Trainer:
             self.state.compile_failed = True
             return self.model(b.x, b.edge_index, b.edge_attr)
 
+    def _autocast_forward(self, b: DayBatch) -> torch.Tensor:
+        with autocast_ctx(self.device, self.tc.precision):
+            return self.forward(b)  # (n, H)
+
     def _loss(self, pred: torch.Tensor, b: DayBatch, weights: LossWeights):
         return self.loss_fn(pred.float(), b, weights, self.cfg.loss, self.horizons)
 
@@ -357,11 +365,14 @@ class Trainer:
         gnorm_sum, n_good, n_bad, stock_days = 0.0, 0, 0, 0
         params = list(model.parameters())
         lr = self.lr.current_lr()
+        epoch_start(self.device)
         t0 = time.perf_counter()
+        times = StepTimes()  # data wait vs compute per step (gpu_stats.py)
         desc = f"{phase.name} e{self.state.global_epoch}"
         for i, batch in enumerate(self.progress.batches(prefetch(self.train_loader, self.device), n_total, desc)):
             if i >= n_total:
                 break
+            times.batch_ready()
             stock_days += batch.num_stock_days
             self.optimizer.zero_grad(set_to_none=True)
             lr = self.lr.apply()
@@ -371,8 +382,13 @@ class Trainer:
             else:
                 step_loss, step_comps = self._forward_backward(batch, phase)
             gnorm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            # one host sync per step: both must be finite or the step is skipped
-            ok = bool(torch.isfinite(step_loss) & torch.isfinite(gnorm))
+            # the one host sync per step: loss, grad norm and the loss components in one copy;
+            # loss and grad norm must be finite or the step is skipped
+            tensor_keys = [k for k, v in step_comps.items() if isinstance(v, torch.Tensor)]
+            host = torch.stack([step_loss.float(), gnorm.float(),
+                                *(step_comps[k].float() for k in tensor_keys)]).tolist()
+            step_comps = {**step_comps, **dict(zip(tensor_keys, host[2:]))}
+            ok = math.isfinite(host[0]) and math.isfinite(host[1])
             if not ok:
                 self.optimizer.zero_grad(set_to_none=True)
                 n_bad += 1
@@ -381,6 +397,7 @@ class Trainer:
                                 "lr x %.3g", self.tc.nan_guard.max_consecutive, self.tc.nan_guard.lr_factor)
                     self.guard.restore(model, self.optimizer)
                     self.lr.shrink_for_nan(self.tc.nan_guard.lr_factor)
+                times.step_done()
                 continue
             self.optimizer.step()
             self.guard.good_step()
@@ -388,9 +405,10 @@ class Trainer:
             self.state.global_step += 1
             n_good += 1
             loss_sum += step_loss
-            gnorm_sum += float(gnorm)
+            gnorm_sum += host[1]
             for k, v in step_comps.items():
                 comp_sums[k] = comp_sums.get(k, 0.0) + v
+            times.step_done()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - t0
@@ -403,22 +421,16 @@ class Trainer:
             "steps": n_good,
             "stock_days": stock_days,
             "train_time_s": elapsed,
-            "samples_per_s": stock_days / elapsed if elapsed > 0 else float("nan"),
+            **epoch_figures(stock_days, times, elapsed, self.device),  # samples/s, data wait, GPU
         }
         return rec
 
-    def _forward_backward(self, batch: DayBatch, phase: PhaseConfig) -> tuple[torch.Tensor, dict[str, float]]:
-        step_loss = torch.zeros((), device=self.device)
-        step_comps: dict[str, float] = {}
-        for mb, w in micro_batches(batch, self.tc.grad_accum_days):
-            with autocast_ctx(self.device, self.tc.precision):
-                pred = self.forward(mb)  # (n, H)
-            loss, comps = self._loss(pred, mb, phase.weights)
-            (loss * w).backward()
-            step_loss = step_loss + loss.detach() * w
-            for k, v in comps.items():
-                step_comps[k] = step_comps.get(k, 0.0) + float(v) * w
-        return step_loss, step_comps
+    def _forward_backward(self, batch: DayBatch, phase: PhaseConfig) -> tuple[torch.Tensor, dict]:
+        """One process: the whole batch's loss, also with micro-batches (grad_accum.py: exact,
+        Sharpe included)."""
+        return backward_batch_objective(
+            self._autocast_forward, lambda pred, b: self._loss(pred, b, phase.weights), batch,
+            [mb for mb, _ in micro_batches(batch, self.tc.grad_accum_days)], self.device)
 
     def _sharded_forward_backward(self, batch: DayBatch, phase: PhaseConfig) -> tuple[torch.Tensor, dict[str, float]]:
         """This rank's days forward; every rank's predictions gathered (no grad) and this rank's
