@@ -40,7 +40,7 @@ from torch import Tensor
 from atft_core.config import LossConfig, LossWeights
 
 EPS = 1e-8
-SOFTRANK_CHUNK_ELEMENTS = 1 << 22  # pairwise block per soft-rank chunk: 4M elements = 16 MB fp32
+SOFTRANK_CHUNK_ELEMENTS = 1 << 21  # pairwise block per soft-rank chunk: 2M elements = 8 MB fp32
 
 
 class _BatchLike(Protocol):
@@ -71,34 +71,38 @@ class _ChunkedSoftRank(torch.autograd.Function):
     """rank_i = 1/2 + sum_j valid_j sigmoid((v_i - v_j) / T) per row, in chunks of rows i.
 
     Backward with s'_ij = sigmoid'(d_ij) (symmetric): dL/dv_k = (g_k sum_j s'_kj - sum_i g_i s'_ik) / T.
-    Nothing of size N x N is kept: the sigmoids are recomputed chunk by chunk.
+    Nothing of size N x N is kept: the sigmoids are recomputed chunk by chunk. Invalid entries are
+    moved to +BIG (after the 1/T scaling): sigmoid(v_i - BIG) = 0 and sigmoid' = 0 there, so the
+    inner loop needs no mask at all (invalid rows i are zeroed on output / by g = 0).
     """
+
+    BIG = 1e30
 
     @staticmethod
     def forward(ctx, v: Tensor, valid: Tensor, temperature: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(v, valid)
+        vs = torch.where(valid, v / temperature, _ChunkedSoftRank.BIG)
+        ctx.save_for_backward(vs, valid)
         ctx.temperature = temperature
-        w = valid.to(v.dtype)
         rank = torch.empty_like(v)
         for i0, i1 in _chunks(v):
-            d = (v[:, i0:i1, None] - v[:, None, :]) / temperature  # (B, c, N)
-            rank[:, i0:i1] = 0.5 + (torch.sigmoid(d) * w[:, None, :]).sum(-1)
-        return rank * w  # invalid entries have no rank (0), and no gradient
+            d = vs[:, i0:i1, None] - vs[:, None, :]  # (B, c, N)
+            rank[:, i0:i1] = torch.sigmoid_(d).sum(-1)
+        rank += 0.5  # 1 + sum_{j != i} = 1/2 + sum_j (the diagonal's sigmoid(0) = 1/2 is in the sum)
+        return torch.where(valid, rank, torch.zeros_like(rank))  # invalid entries: no rank, no gradient
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):  # type: ignore[override]
-        v, valid = ctx.saved_tensors
-        t = ctx.temperature
-        w = valid.to(v.dtype)
-        g = g * w
-        grad = torch.zeros_like(v)
-        for i0, i1 in _chunks(v):
-            s = torch.sigmoid((v[:, i0:i1, None] - v[:, None, :]) / t)  # (B, c, N)
-            ds = s * (1 - s) * w[:, None, :]
+        vs, valid = ctx.saved_tensors
+        g = torch.where(valid, g, torch.zeros_like(g))
+        grad = torch.zeros_like(vs)
+        for i0, i1 in _chunks(vs):
+            s = torch.sigmoid_(vs[:, i0:i1, None] - vs[:, None, :])  # (B, c, N)
+            ds = s * s
+            torch.sub(s, ds, out=ds)  # sigmoid' = s (1 - s)
             grad[:, i0:i1] += g[:, i0:i1] * ds.sum(-1)
-            grad -= torch.einsum("bc,bcn->bn", g[:, i0:i1], ds)
-        return grad / t, None, None
+            grad -= torch.bmm(g[:, None, i0:i1], ds)[:, 0]
+        return grad / ctx.temperature, None, None
 
 
 def _chunks(v: Tensor) -> list[tuple[int, int]]:
@@ -113,7 +117,6 @@ def soft_rank_rows(v: Tensor, valid: Tensor, temperature: float) -> Tensor:
     Ties get the average rank (sigmoid(0) = 1/2), so T -> 0 gives :func:`exact_rank_rows`.
     Memory O(N * chunk), see :class:`_ChunkedSoftRank`.
     """
-    v = torch.where(valid, v, torch.zeros_like(v))
     return _ChunkedSoftRank.apply(v, valid, float(temperature))
 
 

@@ -259,6 +259,10 @@ def epoch_metrics_hook(pusher, horizons: tuple[int, ...]):
             grad_norm=_finite(rec.get("grad_norm")), val_gap_ratio=gap,
             nan_steps_total=int(rec.get("nan_steps_total", 0)),
             train_loss=_finite(tr), val_loss=_finite(va), learning_rate=_finite(rec.get("lr")),
+            # measured by atft_core.train.gpu_stats; the GPU entries exist on CUDA runs only
+            data_wait_ratio=_optional(rec.get("data_wait_ratio")),
+            gpu_util=_optional(rec.get("gpu_utilization_ratio")),
+            gpu_mem_bytes=_optional(rec.get("gpu_memory_bytes")),
         )
 
     return hook
@@ -333,6 +337,11 @@ def gate(ctx: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
 
 def _finite(v: Any) -> float:
     return float(v) if v is not None and math.isfinite(float(v)) else float("nan")
+
+
+def _optional(v: Any) -> float | None:
+    """A figure that only some runs measure (GPU): absent or non-finite -> not pushed."""
+    return float(v) if v is not None and math.isfinite(float(v)) else None
 
 
 def _per_horizon(metrics: dict[str, Any], horizons: tuple[int, ...]) -> dict[int, float]:

@@ -56,7 +56,7 @@ def exercise_every_stage(p: MetricsPusher) -> list[Delivery]:
         p.features(11_500, 4.0, columns=24),
         p.train_epoch(3, 1, 2500.0, {1: 0.04, 5: 0.03, 10: 0.02, 20: 0.01}, 1.7, 0.12, 2,
                       train_loss=0.93, val_loss=0.97, learning_rate=2e-4, gpu_util=0.85,
-                      gpu_mem_bytes=3.2e9),
+                      gpu_mem_bytes=3.2e9, data_wait_ratio=0.03),
         p.stage("train", True, 600.0),
         p.stage("evaluate", True, 30.0),
         p.gate("promote", {1: 0.05, 5: 0.04}, {1: 0.03, 5: 0.02}, 0.9, 0.7, 0.02, 0.5),

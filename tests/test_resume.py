@@ -27,7 +27,7 @@ from test_trainer import TinyModel, ToyLoader, tiny_cfg, toy_loss  # noqa: E402
 
 from atft_core.train.loop import Trainer  # noqa: E402
 
-TIMING = {"train_time_s", "samples_per_s"}
+from atft_core.train.gpu_stats import TIMING_KEYS as TIMING  # noqa: E402
 OVERRIDES = ["train.phases.0.epochs=2", "train.phases.3.epochs=2"]
 
 

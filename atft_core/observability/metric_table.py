@@ -66,6 +66,8 @@ _SPECS = (
     MetricSpec("atft_train_nan_steps_total", "counter",
                "Optimizer steps skipped for non-finite loss/grad in the current run."),
     _g("atft_train_last_epoch_timestamp_seconds", "When the last epoch finished (Unix seconds)."),
+    _g("atft_train_data_wait_ratio",
+       "Share of the last epoch's step time spent waiting for data (0..1; compute is the rest)."),
     _g("atft_gpu_utilization_ratio", "GPU utilization during the last epoch (0..1)."),
     _g("atft_gpu_memory_bytes", "Peak GPU memory allocated during the last epoch."),
     # any stage ------------------------------------------------------------------------------

@@ -210,7 +210,8 @@ class MetricsPusher:
                     val_rank_ic: Mapping[int | str, float], grad_norm: float,
                     val_gap_ratio: float, nan_steps_total: int, train_loss: float | None = None,
                     val_loss: float | None = None, learning_rate: float | None = None,
-                    gpu_util: float | None = None, gpu_mem_bytes: float | None = None) -> Delivery:
+                    gpu_util: float | None = None, gpu_mem_bytes: float | None = None,
+                    data_wait_ratio: float | None = None) -> Delivery:
         """Once per epoch. ``epoch`` is global and 1-based, ``phase`` the 0-based phase index,
         ``nan_steps_total`` the skipped steps so far in this run, ``gpu_util`` in 0..1."""
         if epoch < 0 or phase < 0 or nan_steps_total < 0:
@@ -225,7 +226,8 @@ class MetricsPusher:
         for name, v in (("atft_train_loss", train_loss), ("atft_val_loss", val_loss),
                         ("atft_train_learning_rate", learning_rate),
                         ("atft_gpu_utilization_ratio", gpu_util),
-                        ("atft_gpu_memory_bytes", gpu_mem_bytes)):
+                        ("atft_gpu_memory_bytes", gpu_mem_bytes),
+                        ("atft_train_data_wait_ratio", data_wait_ratio)):
             if v is not None:
                 s.append((name, {}, v))
         return self.push("train", s)

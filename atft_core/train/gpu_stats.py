@@ -22,6 +22,10 @@ from typing import Any
 import torch
 
 log = logging.getLogger("atft.train")
+
+# epoch-record keys that measure time (differ between otherwise identical runs)
+TIMING_KEYS = frozenset({"train_time_s", "samples_per_s", "data_wait_s", "compute_s", "data_wait_ratio",
+                         "gpu_utilization_ratio", "gpu_memory_bytes"})
 _warned: set[str] = set()
 
 
@@ -32,7 +36,7 @@ class StepTimes:
     data_wait_s: float = 0.0
     compute_s: float = 0.0
     steps: int = 0
-    _mark: float = field(default_factory=time.perf_counter)
+    _mark: float = field(default_factory=lambda: time.perf_counter())
 
     def batch_ready(self) -> None:
         """Call when a batch is in hand: the time since the last mark was data wait."""
