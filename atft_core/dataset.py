@@ -41,7 +41,7 @@ from torch import Tensor
 from atft_core.batch import DayBatch
 from atft_core.config import Config, GraphConfig
 from atft_core.features import FEATURE_COLUMNS, target_columns
-from atft_core.graph import build_day_graph
+from atft_core.graph import build_day_graph, build_day_graphs
 from atft_core.ranks import average_ranks  # noqa: F401 (re-exported: atft_core.dataset.average_ranks)
 
 
@@ -242,11 +242,15 @@ def gather_windows(x: Tensor, stock: Tensor, t: Tensor, lookback: int) -> Tensor
     return w
 
 
+def graph_inputs(panel: Panel, stocks: Tensor, t: int, cfg: GraphConfig) -> tuple[Tensor, Tensor]:
+    """The day graph's inputs for day index t: trailing returns (N, W) up to t, sectors (N,)."""
+    t0 = max(0, t - cfg.corr_window + 1)
+    return panel.returns[stocks, t0 : t + 1], panel.sector[stocks, t].to(torch.int64)
+
+
 def day_graph(panel: Panel, stocks: Tensor, t: int, cfg: GraphConfig) -> tuple[Tensor, Tensor]:
     """Graph of day index t over the given stocks (node i = stocks[i]); data up to t only."""
-    t0 = max(0, t - cfg.corr_window + 1)
-    window = panel.returns[stocks, t0 : t + 1]  # (N, W)
-    return build_day_graph(window, panel.sector[stocks, t].to(torch.int64), cfg)
+    return build_day_graph(*graph_inputs(panel, stocks, t, cfg), cfg)
 
 
 class DayBatchLoader:
@@ -317,15 +321,29 @@ class DayBatchLoader:
             self.panel.graph_cache[key] = (ei.to(torch.int32), ea)  # int32 halves the cache
         return ei, ea
 
+    def _build_missing_graphs(self, t_days: Sequence[int]) -> dict[int, tuple[Tensor, Tensor]]:
+        """Graphs of the days not in the cache, built in one batched pass (graph.build_day_graphs)."""
+        g = self.cfg.graph
+        todo = [int(t) for t in t_days if (int(t), g) not in self.panel.graph_cache]
+        if not todo:
+            return {}
+        wins, secs = zip(*(graph_inputs(self.panel, self.stocks_of(t), t, g) for t in todo))
+        built = dict(zip(todo, build_day_graphs(list(wins), list(secs), g)))
+        if self.cache_graphs:
+            for t, (ei, ea) in built.items():
+                self.panel.graph_cache[(t, g)] = (ei.to(torch.int32), ea)  # int32 halves the cache
+        return built
+
     def make_batch(self, t_days: Sequence[int]) -> DayBatch:
         p = self.panel
+        fresh = self._build_missing_graphs(t_days)
         stocks = [self.stocks_of(int(t)) for t in t_days]
         sizes = torch.tensor([len(s) for s in stocks], dtype=torch.int64)
         day_ptr = torch.zeros(len(stocks) + 1, dtype=torch.int64)
         day_ptr[1:] = torch.cumsum(sizes, 0)
         s = torch.cat(stocks)  # (N,)
         t = torch.repeat_interleave(torch.as_tensor(np.asarray(t_days, dtype=np.int64)), sizes)  # (N,)
-        graphs = [self.graph_of(int(td)) for td in t_days]
+        graphs = [fresh[int(td)] if int(td) in fresh else self.graph_of(int(td)) for td in t_days]
         edge_index = torch.cat([g[0] + day_ptr[k] for k, g in enumerate(graphs)], dim=1)
         edge_attr = torch.cat([g[1] for g in graphs], dim=0)
         return DayBatch(

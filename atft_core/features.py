@@ -65,10 +65,12 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "hl_range",
     "volume_z",
     "turnover_z",
-    *(f"rel_mkt_{n}d" for n in RELATIVE_WINDOWS),
     *(f"rel_sec_{n}d" for n in RELATIVE_WINDOWS),
     f"beta_{BETA_WINDOW}d",
 )
+# Not a feature: ``rel_mkt_{n}d = ret_{n}d - market mean`` (dropped, issue 15): subtracting one
+# number per day does not change a per-day z-score, so it was ``ret_{n}d`` again, column for
+# column. The sector-relative ``rel_sec_{n}d`` survives the z (the mean differs across sectors).
 EXTRA_COLUMNS: tuple[str, ...] = ("history_days", "ret_1d_raw")
 
 
@@ -189,7 +191,6 @@ def _cross_section(lf: pl.LazyFrame) -> pl.LazyFrame:
     rel = {}
     for n in RELATIVE_WINDOWS:
         r = pl.col(f"ret_{n}d")
-        rel[f"rel_mkt_{n}d"] = r - pl.col(f"_mkt_{n}")
         # null sector -> the market is the stock's peer group
         sector_mean = pl.when(pl.col("Sector33Code").is_null()).then(pl.col(f"_mkt_{n}")).otherwise(
             pl.col(f"_sec_{n}")
@@ -381,7 +382,6 @@ def build_features_pandas(quotes, cfg: Config, mask=None):
         s = sec.reindex(pd.MultiIndex.from_frame(df[["Date", "Sector33Code"]])).to_numpy()
         s = np.where(df["Sector33Code"].isna(), m, s)
         df[f"_mkt_{n}"] = m
-        df[f"rel_mkt_{n}d"] = df[r] - m
         df[f"rel_sec_{n}d"] = df[r] - s
     df["_m"] = df["_mkt_1"].where(df["ret_1d"].notna())
     df["_rm"] = df["ret_1d"] * df["_m"]

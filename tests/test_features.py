@@ -242,8 +242,9 @@ def test_bad_input_errors(quotes):
 def test_missing_turnover_and_sector_columns(quotes):
     df = build_features(quotes.drop("Sector33Code"), CFG)
     assert df["Sector33Code"].is_null().all()
-    # with no sectors, relative-to-sector equals relative-to-market
-    np.testing.assert_allclose(df["rel_sec_5d"].to_numpy(), df["rel_mkt_5d"].to_numpy(), equal_nan=True)
+    # with no sectors the stock's peer group is the market: relative-to-sector = ret - market mean,
+    # which the per-day z turns back into ret
+    np.testing.assert_allclose(df["rel_sec_5d"].to_numpy(), df["ret_5d"].to_numpy(), atol=1e-5, equal_nan=True)
     assert math.isfinite(float(df["turnover_z"].drop_nulls().std()))
 
 
@@ -268,3 +269,15 @@ def test_sector_is_not_back_filled(quotes):
     # identical data up to day 59 -> identical features up to day 59
     assert df.filter(early).select(FEATURE_COLUMNS).equals(ref.filter(early).select(FEATURE_COLUMNS))
     assert not df.filter(~early).select(FEATURE_COLUMNS).equals(ref.filter(~early).select(FEATURE_COLUMNS))
+
+
+def test_no_feature_duplicates_another_after_the_per_day_z(quotes):
+    """rel_mkt_{n}d was ret_{n}d again after the per-day z (issue 15 item 6): no pair of feature
+    columns may be equal (or exactly negated) over the usable rows."""
+    df = build_features(quotes, CFG).filter(pl.col("history_days") >= CFG.features.min_history)
+    assert not any(c.startswith("rel_mkt_") for c in FEATURE_COLUMNS)
+    x = df.select(FEATURE_COLUMNS).fill_null(0.0).to_numpy().astype(np.float64)
+    for i in range(x.shape[1]):
+        for j in range(i + 1, x.shape[1]):
+            gap = min(np.abs(x[:, i] - x[:, j]).max(), np.abs(x[:, i] + x[:, j]).max())
+            assert gap > 1e-3, (FEATURE_COLUMNS[i], FEATURE_COLUMNS[j], gap)

@@ -77,10 +77,10 @@ def test_dropout_masks_are_the_same_in_both_passes():
     (l_ref, _), g_ref = _grads(model, one_pass)
     (l_acc, _), g_acc = _grads(model, lambda: backward_batch_objective(
         fwd, loss, batch, micro, torch.device("cpu")))
-    assert float(l_acc) == pytest.approx(float(l_ref), rel=1e-6)
+    assert float(l_acc) == pytest.approx(float(l_ref), rel=1e-5)
     for name in g_ref:
         torch.testing.assert_close(g_acc[name], g_ref[name], rtol=1e-4, atol=2e-5, msg=name)
     torch.manual_seed(123)
-    assert float(one_pass()[0]) == pytest.approx(float(l_ref), rel=1e-6)  # deterministic given the seed
+    assert float(one_pass()[0]) == pytest.approx(float(l_ref), rel=1e-5)  # deterministic given the seed
     torch.manual_seed(124)
-    assert float(one_pass()[0]) != pytest.approx(float(l_ref), rel=1e-6)  # dropout really draws
+    assert float(one_pass()[0]) != pytest.approx(float(l_ref), rel=1e-5)  # dropout really draws

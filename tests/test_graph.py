@@ -135,3 +135,28 @@ def test_graph_recovers_hidden_clusters_on_synthetic_market():
     same_sector = sector[ei[0].numpy()] == sector[ei[1].numpy()]
     assert same_cluster.mean() > 3 * (1 / syn.n_clusters)
     assert same_cluster.mean() > same_sector.mean()
+
+
+@pytest.mark.parametrize("k,thr,m", [(5, 0.3, 3), (10, 0.0, 10), (3, 0.6, 0)])
+def test_batched_day_graphs_equal_the_per_day_ones(k, thr, m):
+    """build_day_graphs (one padded pass over several days) == build_day_graph day by day:
+    days of different sizes and window lengths, gaps, short histories, unknown sectors, tiny days."""
+    from atft_core.graph import build_day_graphs
+
+    cfg = GraphConfig(k=k, min_abs_corr=thr, max_sector_neighbours=m, sector_edges=m > 0)
+    rng = np.random.default_rng(k)
+    rets, secs = [], []
+    for n, w in [(40, 60), (25, 60), (1, 60), (33, 12), (2, 30), (50, 45)]:
+        r = clustered_returns(seed=n + w)[:n, :w] if n <= 40 else rng.normal(size=(n, w))
+        r = r.copy()
+        r[rng.random(r.shape) < 0.05] = np.nan
+        if n > 5:
+            r[0, : w - 4] = np.nan  # a new listing: rho 0 to everyone
+        s = rng.integers(-1, 4, n)
+        rets.append(torch.from_numpy(r))
+        secs.append(torch.from_numpy(s))
+    got = build_day_graphs(rets, secs, cfg)
+    for (ei, ea), r, s in zip(got, rets, secs):
+        ref_ei, ref_ea = build_day_graph(r, s, cfg)
+        assert torch.equal(ei, ref_ei)
+        torch.testing.assert_close(ea, ref_ea)

@@ -85,6 +85,7 @@ def _run(args) -> int:
     from atft_core.dataset import DayBatchLoader, make_splits
     from atft_core.losses import compute_loss
     from atft_core.train.api import as_panel, build_model, load_features
+    from atft_core.train.gpu_stats import StepTimes
     from atft_core.train.predict import autocast_ctx
 
     if args.threads:
@@ -95,14 +96,18 @@ def _run(args) -> int:
     phase = cfg.train.phases[-1]  # all blocks on, every loss term
     device = torch.device("cpu")
 
-    def measure(loader, n: int) -> tuple[float, int]:
+    def measure(loader, n: int) -> tuple[float, int, float]:
+        """stock-days/s of n full steps (loading included) and the share of step time spent
+        waiting for the next batch (StepTimes, the trainer's own breakdown)."""
         torch.manual_seed(0)
         model = build_model(cfg, len(panel.feature_names))
         model.set_blocks(phase.blocks)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.optimizer.lr)
         done, rows = 0, 0
         t0 = time.perf_counter()
+        times = StepTimes()
         for batch in loader:  # data loading inside the timed region
+            times.batch_ready()
             with autocast_ctx(device, cfg.train.precision):
                 pred = model(batch.x, batch.edge_index, batch.edge_attr)
             loss, _ = compute_loss(pred.float(), batch, phase.weights, cfg.loss, tuple(cfg.horizons))
@@ -110,11 +115,13 @@ def _run(args) -> int:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             opt.step()
+            times.step_done()
             rows += batch.num_stock_days
             done += 1
             if done >= n:
                 break
-        return rows / (time.perf_counter() - t0), rows
+        share = times.data_wait_s / max(times.data_wait_s + times.compute_s, 1e-12)
+        return rows / (time.perf_counter() - t0), rows, share
 
     def load_only(loader, n: int) -> float:
         rows, t0 = 0, time.perf_counter()
@@ -125,18 +132,20 @@ def _run(args) -> int:
         return rows / (time.perf_counter() - t0)
 
     ours_loader = DayBatchLoader(panel, dates, cfg, shuffle=False)
-    ours_cold, n1 = measure(ours_loader, args.batches)
-    ours_warm, _ = measure(ours_loader, args.batches)  # day graphs cached after the first pass
-    naive, n2 = measure(naive_loader(panel, dates, cfg), args.batches)
+    ours_cold, n1, wait_cold = measure(ours_loader, args.batches)
+    ours_warm, _, wait_warm = measure(ours_loader, args.batches)  # day graphs cached after the first pass
+    naive, n2, wait_naive = measure(naive_loader(panel, dates, cfg), args.batches)
     n_load = 4 * args.batches
     load_ours = load_only(DayBatchLoader(panel, dates, cfg, shuffle=False), n_load)
     load_naive = load_only(naive_loader(panel, dates, cfg), n_load)
     print(f"atft bench train: config={args.config} precision={cfg.train.precision} "
           f"hidden={cfg.model.hidden_size} days/batch={cfg.dataset.days_per_batch} "
           f"batches={args.batches} threads={torch.get_num_threads()}")
-    print(f"  DayBatchLoader, first pass : {ours_cold:10.1f} stock-days/s ({n1} stock-days)")
-    print(f"  DayBatchLoader, cached     : {ours_warm:10.1f} stock-days/s")
-    print(f"  naive per-sample Dataset   : {naive:10.1f} stock-days/s ({n2} stock-days)")
+    print(f"  DayBatchLoader, first pass : {ours_cold:10.1f} stock-days/s ({n1} stock-days), "
+          f"data wait {wait_cold:.1%} of step time")
+    print(f"  DayBatchLoader, cached     : {ours_warm:10.1f} stock-days/s, data wait {wait_warm:.1%} of step time")
+    print(f"  naive per-sample Dataset   : {naive:10.1f} stock-days/s ({n2} stock-days), "
+          f"data wait {wait_naive:.1%} of step time")
     print(f"  ratio (ours first pass / naive) = {ours_cold / naive:.2f}x; cached / naive = {ours_warm / naive:.2f}x")
     print(f"  data loading only ({n_load} batches, cold): DayBatchLoader {load_ours:.0f} vs naive "
           f"{load_naive:.0f} stock-days/s = {load_ours / load_naive:.2f}x")
