@@ -26,6 +26,10 @@ def register(sub) -> None:
     p.add_argument("--knn", type=int, default=10, help="neighbours per stock in the day graph")
     p.add_argument("--repeats", type=int, default=2, help="timed iterations per setting (best of)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print torch.profiler's top-10 ops (self CPU time) of the all-on fp32 step")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile(model) (all on, fp32; compile time printed separately)")
     p.add_argument("--precisions", default=None,
                    help="comma list of fp32,bf16 (default: bf16 only where the CPU has native bf16)")
     p.set_defaults(func=_run)
@@ -117,10 +121,10 @@ def _run(args) -> int:
     print(f"day: stocks={n} lookback={args.lookback} features={args.features} "
           f"edges={edge_index.shape[1]} (kNN k={args.knn}) threads={torch.get_num_threads()}")
 
-    def step(dtype):
+    def step(dtype, fwd=model):
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is torch.bfloat16):
-            pred = model(x, edge_index, edge_attr)
+            pred = fwd(x, edge_index, edge_attr)
         F.mse_loss(pred.float(), y).backward()
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -144,6 +148,7 @@ def _run(args) -> int:
     print("-" * len(header))
     model.train()
     lstm = _lstm_flops(model, n, args.lookback) / n
+    all_on = None
     for name, blocks in settings:
         model.set_blocks(blocks)
         counter = FlopCounterMode(display=False)
@@ -165,4 +170,43 @@ def _run(args) -> int:
             best = max(peak.values())  # emulated bf16 is no ceiling: compare with the best rate
             print(f"{name:<15} {p:<5} {sec:>8.3f} {rate:>13.0f} {counted / 1e6:>17.1f} "
                   f"{lstm / 1e6:>7.1f} {achieved / 1e9:>8.2f} {achieved / best:>6.1%}")
+            if name == "all on" and p == "fp32":
+                all_on = (sec, per_sd, best)
+    model.set_blocks(Blocks())
+    if args.compile and all_on is not None:
+        _time_compiled(model, step, n, *all_on, args.repeats)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        step(torch.float32)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(torch.float32)
+        print("\ntorch.profiler, all on, fp32, one forward+backward (top 10 by self CPU time):")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
     return 0
+
+
+def _time_compiled(model, step, n: int, eager_s: float, per_sd: float, best: float, repeats: int) -> None:
+    """torch.compile(model), all blocks on, fp32: compile time, then the step time vs eager."""
+    import time
+
+    import torch
+
+    t0 = time.perf_counter()
+    try:
+        compiled = torch.compile(model)
+        step(torch.float32, compiled)
+    except Exception as err:  # noqa: BLE001 - the trainer falls back to eager the same way
+        print(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+              "the trainer would continue eager")
+        return
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step(torch.float32, compiled)
+        times.append(time.perf_counter() - t0)
+    sec = min(times)
+    print(f"torch.compile (all on, fp32): compile + first step {first:.1f} s, then {sec:.3f} s/day = "
+          f"{n / sec:.0f} stock-days/s, {per_sd * n / sec / best:.1%} util (eager {eager_s:.3f} s/day: "
+          f"{eager_s / sec:.2f}x)")
