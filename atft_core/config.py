@@ -370,6 +370,34 @@ class Config(_Section):
         return hashlib.sha256(blob).hexdigest()
 
 
+# --------------------------------------------------------------------------- model identity
+# Sections (and the fields of kept sections) that say WHERE a run writes or reports, or how a
+# trained model is judged -- not what model it is: endpoints, roots, gate thresholds, HPO storage.
+DEPLOYMENT_SECTIONS = ("run_root", "work_root", "gate", "registry", "metrics", "hpo")
+DEPLOYMENT_FIELDS = {"validation": ("docs_dir",)}
+
+
+def model_config(cfg: Config) -> Config:
+    """``cfg`` with every deployment setting (:data:`DEPLOYMENT_SECTIONS`) at its class default.
+
+    What the trainer gets and saves as the run's ``config.yaml``: two configs that train the same
+    model give the same ``model_config(...).sha256()``, so a retry after an endpoint or root
+    change resumes its checkpoint instead of being refused as "another config".
+    """
+    defaults = Config()
+    update: dict[str, Any] = {k: getattr(defaults, k) for k in DEPLOYMENT_SECTIONS}
+    for section, fields in DEPLOYMENT_FIELDS.items():
+        update[section] = getattr(cfg, section).model_copy(
+            update={f: getattr(getattr(defaults, section), f) for f in fields})
+    return cfg.model_copy(update=update)
+
+
+def model_identity_hash(cfg: Config) -> str:
+    """sha256 of what changes the model (data window, validation, features, splits, dataset,
+    graph, model, loss, train) -- not endpoints, roots or gate thresholds."""
+    return model_config(cfg).sha256()
+
+
 # --------------------------------------------------------------------------- loading
 def _format_error(err: ValidationError) -> str:
     lines = []

@@ -1,7 +1,8 @@
 """
 # atft_hpo — weekly hyper-parameter search (Optuna) for ATFT-GAT-FAN
 
-Saturday 03:00 Asia/Tokyo (the GPU is idle over the weekend). One Optuna study per run, named
+Saturday 03:00 Asia/Tokyo (JST; the GPU is idle over the weekend). Unpausing it mid-week
+schedules the coming Saturday, never a run for a past one (`TokyoCronTimetable`). One Optuna study per run, named
 after the run's last trading day, shared by `n_trials` **mapped** trial tasks
 (`run_trial.expand(trial_index=...)`) on the `gpu` queue / pool; the pool bounds how many run at
 once. Each trial asks the shared study for parameters and reports its validation RankIC back.
@@ -22,28 +23,33 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Param, dag, task
 from atft_airflow_utils import task_ctx
+from jpx_timetable import TokyoCronTimetable
+
+from atft_core.config import CONFIG_DIR
 
 OWNER = "atft-mlops"
+SCHEDULE = TokyoCronTimetable("0 3 * * 6", timezone="Asia/Tokyo")  # Saturday 03:00 JST
+CONFIG_NAMES = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
 @dag(
     dag_id="atft_hpo",
-    schedule=CronTriggerTimetable("0 3 * * 6", timezone="Asia/Tokyo"),
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2024, 1, 6, tz="Asia/Tokyo"),
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=36),
     default_args={"owner": OWNER, "retries": 1, "retry_delay": timedelta(minutes=10)},
     params={
-        "config": Param("default", type="string", pattern=r"^[A-Za-z0-9_.-]+$", minLength=1,
-                        maxLength=64, title="Config", description="YAML in include/configs"),
+        "config": Param("default", type="string", enum=CONFIG_NAMES, title="Config",
+                        description="YAML in include/configs"),
         "n_trials": Param(8, type="integer", minimum=1, maximum=64, title="Trials",
                           description="mapped trial tasks sharing one study"),
         "data_source": Param(None, type=["null", "string"], minLength=1, maxLength=1024,
                              title="Data source", description="parquet of quotes; null = config"),
-        "overrides": Param([], type="array", maxItems=32,
+        "overrides": Param([], type=["array", "null"], maxItems=32,
                            items={"type": "string", "pattern": r"^[a-z_][a-z0-9_.]*=.*$"},
                            title="Config overrides", description='dotted, e.g. "hpo.epochs_scale=0.5"'),
     },

@@ -7,24 +7,31 @@ Asia/Tokyo). The run for trading day **D** has the data interval
 year-end closure (Dec 31 - Jan 3) get no run; the next session's run covers them.
 
 ```
-check_fresh_data -> validate -> features -> train (gpu) -> evaluate -> gate -+-> publish ------+-> metrics
-                                                                              +-> skip_publish -+
+validate_conf -> check_fresh_data -> validate -> features -> train (gpu) -> evaluate -> gate -+-> publish ------+-> metrics
+                                                                                               +-> skip_publish -+
 ```
+
+* **validate_conf** turns the whole conf (Params + dotted overrides) into the typed config
+  before any work; an unknown key or a bad value fails the run at once, **without retries**.
 
 * **check_fresh_data** waits (reschedule mode) until the bar of day D has landed.
 * **validate** runs the Great Expectations suite; bad data fails the run, nothing downstream runs.
-* **train** runs on the `gpu` queue / `gpu` pool; a retry resumes the run's own checkpoint.
-* **evaluate** scores the candidate and the current champion on the *same* holdout window.
+* **train** runs on the `gpu` queue / `gpu` pool (create it: `airflow pools import
+  include/airflow/pools.json`); a retry resumes the run's own checkpoint.
+* **evaluate** scores the candidate and the current champion with one function on the *same*
+  holdout window (`evaluation.json`); XComs carry paths and ids, not copies of the records.
 * **gate** promotes only above the RankIC / Sharpe thresholds and not worse than the champion
   (`force` overrides it, recorded as forced).
 * **metrics** runs after publish or skip and pushes the run's summary to Prometheus.
 
-Every task writes under paths keyed by the run's trading day (its data interval), never "now",
-so re-running or retrying a task redoes exactly its own interval. `catchup` is off and
+Every task writes under `var/work/atft_retrain/{trading day}/{DAG run id}.{model identity}`:
+keyed by the run, never "now" -- a retry redoes exactly its own run, and a manual run of the same
+day (another config) shares nothing with the scheduled one. `catchup` is off and
 `max_active_runs=1`: a late night never stacks retrains on the GPU.
 
 **Manual runs** (Trigger DAG w/ config): the form's Params are typed and bounded; an invalid
-value is refused before any task runs. Empty (null) fields keep the config's values.
+value is refused before any task runs, an unknown key by `validate_conf`. Empty fields keep the
+config's values.
 """
 
 from __future__ import annotations
@@ -35,60 +42,77 @@ from datetime import timedelta
 import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import AssetOrTimeSchedule, Param, PokeReturnValue, TriggerRule, dag, task
-from atft_airflow_utils import retrain_summary, task_ctx
+from atft_airflow_utils import task_ctx
 from atft_assets import QUOTES_STORE
 from jpx_timetable import JPXTradingDayTimetable
+
+from atft_core.config import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
 OWNER = "atft-mlops"
-CONFIG_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+$", "minLength": 1, "maxLength": 64}
+# The one place the schedule is set: after every JPX trading day at 18:00 Asia/Tokyo, OR when
+# atft_ingest commits a day of the quotes store (see atft_assets).
+SCHEDULE = AssetOrTimeSchedule(timetable=JPXTradingDayTimetable(at="18:00"), assets=[QUOTES_STORE])
+CONFIG_NAMES = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 LOSS_WEIGHT = {"type": ["null", "number"], "minimum": 0.0, "maximum": 10.0}
+RUN, TRAINING, DATA, GATE, ADVANCED = ("Run", "Training (empty = the config's value)",
+                                      "Data window", "Promotion gate", "Advanced")
 
 PARAMS = {
-    "config": Param("default", **CONFIG_NAME, title="Config",
-                    description="YAML in include/configs (default, demo, test, ...)"),
+    # ---------------------------------------------------------------- run
+    "config": Param("default", type="string", enum=CONFIG_NAMES, title="Config",
+                    description="YAML in include/configs", section=RUN),
+    "actor": Param(None, type=["null", "string"], maxLength=100, title="Actor",
+                   description="who triggered this run (audit record)", section=RUN),
+    "force": Param(False, type=["boolean", "null"], title="Force promotion",
+                   description="promote even if the gate rejects (recorded as forced)", section=RUN),
+    # ---------------------------------------------------------------- training
+    "epochs": Param(None, type=["null", "integer"], minimum=0, maximum=1000,
+                    title="Epochs (every phase)", description="the same number of epochs in each phase",
+                    section=TRAINING),
     "epochs_per_phase": Param(
-        None, type=["null", "integer", "array"], minimum=0, maximum=1000,
-        items={"type": "integer", "minimum": 0, "maximum": 1000}, minItems=1, maxItems=8,
-        title="Epochs per phase",
-        description="one integer for every phase, or a list with one per phase "
-                    "(baseline, graph, frequency, finetune); null = config"),
+        None, type=["null", "array"], items={"type": "integer", "minimum": 0, "maximum": 1000},
+        minItems=1, maxItems=8, title="Epochs per phase",
+        description="one integer per line, one line per phase (baseline, graph, frequency, finetune)",
+        section=TRAINING),
     "lr": Param(None, type=["null", "number"], exclusiveMinimum=0.0, maximum=1.0,
-                title="Learning rate", description="train.optimizer.lr; null = config"),
+                title="Learning rate", description="train.optimizer.lr", section=TRAINING),
     "hidden_size": Param(None, type=["null", "integer"], minimum=8, maximum=2048,
-                         title="Hidden size", description="model.hidden_size; null = config"),
+                         title="Hidden size", description="model.hidden_size", section=TRAINING),
+    "seed": Param(None, type=["null", "integer"], minimum=0, maximum=2**31 - 1,
+                  title="Seed", description="train.seed", section=TRAINING),
     "loss_weights": Param(
         None, type=["null", "object"], additionalProperties=False,
         properties={w: LOSS_WEIGHT for w in ("mse", "rankic", "cs_ic", "sharpe")},
         title="Loss weight scales",
-        description='e.g. {"rankic": 2.0}: multiplies that loss component in every phase'),
-    "seed": Param(None, type=["null", "integer"], minimum=0, maximum=2**31 - 1,
-                  title="Seed", description="train.seed; null = config"),
-    "min_rank_ic": Param(None, type=["null", "number"], minimum=-1.0, maximum=1.0,
-                         title="Gate: min RankIC@1d", description="gate.min_rank_ic; null = config"),
-    "min_sharpe": Param(None, type=["null", "number"], minimum=-20.0, maximum=20.0,
-                        title="Gate: min Sharpe@1d", description="gate.min_sharpe; null = config"),
+        description='e.g. {"rankic": 2.0}: multiplies that loss component in every phase',
+        section=TRAINING),
+    # ---------------------------------------------------------------- data
     "data_source": Param(None, type=["null", "string"], minLength=1, maxLength=1024,
-                         title="Data source", description="parquet of quotes; null = config"),
-    "data_start": Param(None, type=["null", "string"], format="date",
-                        title="Data window start", description="YYYY-MM-DD; null = config"),
-    "data_end": Param(None, type=["null", "string"], format="date",
-                      title="Data window end", description="YYYY-MM-DD; null = the run's day"),
-    "overrides": Param([], type="array", maxItems=32,
+                         title="Data source", description="parquet of quotes; empty = the config's "
+                         "(synthetic market when none)", section=DATA),
+    "data_start": Param(None, type=["null", "string"], format="date", title="Window start",
+                        description="first day of the data window; empty = the config's", section=DATA),
+    "data_end": Param(None, type=["null", "string"], format="date", title="Window end",
+                      description="last day of the data window; empty = the run's trading day",
+                      section=DATA),
+    # ---------------------------------------------------------------- gate
+    "min_rank_ic": Param(None, type=["null", "number"], minimum=-1.0, maximum=1.0,
+                         title="Min RankIC@1d", description="gate.min_rank_ic", section=GATE),
+    "min_sharpe": Param(None, type=["null", "number"], minimum=-20.0, maximum=20.0,
+                        title="Min Sharpe@1d", description="gate.min_sharpe", section=GATE),
+    # ---------------------------------------------------------------- advanced
+    "overrides": Param([], type=["array", "null"], maxItems=32,
                        items={"type": "string", "pattern": r"^[a-z_][a-z0-9_.]*=.*$"},
-                       title="Config overrides", description='dotted, e.g. "graph.k=20"'),
-    "force": Param(False, type="boolean", title="Force promotion",
-                   description="promote even if the gate rejects (recorded as forced)"),
-    "actor": Param(None, type=["null", "string"], maxLength=100,
-                   title="Actor", description="who triggered this run (audit)"),
+                       title="Config overrides", description='one dotted key=value per line, e.g. '
+                       '"graph.k=20"', section=ADVANCED),
 }
 
 
 @dag(
     dag_id="atft_retrain",
-    # the JPX timetable OR a committed day of the quotes store (atft_ingest), see atft_assets
-    schedule=AssetOrTimeSchedule(timetable=JPXTradingDayTimetable(at="18:00"), assets=[QUOTES_STORE]),
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2024, 1, 4, tz="Asia/Tokyo"),
     catchup=False,
     max_active_runs=1,
@@ -105,8 +129,21 @@ PARAMS = {
     doc_md=__doc__,
 )
 def atft_retrain():
+    @task(retries=0)
+    def validate_conf(**context) -> dict:
+        """The whole conf -> typed config before any work; a bad or unknown key fails the run at
+        once (no retries: retrying cannot fix a conf)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from atft_core import pipeline
+
+        try:
+            return pipeline.validate_conf(task_ctx(context))
+        except pipeline.RunConfError as err:
+            raise AirflowFailException(f"atft_retrain: {err}") from None
+
     @task.sensor(poke_interval=15 * 60, timeout=6 * 3600, mode="reschedule")
-    def check_fresh_data(**context) -> PokeReturnValue:
+    def check_fresh_data(conf_ok: dict, **context) -> PokeReturnValue:
         """Wait until the latest expected trading day's quotes are in the data store."""
         from atft_core import pipeline
 
@@ -149,7 +186,7 @@ def atft_retrain():
 
     @task
     def evaluate(trained: dict, **context) -> dict:
-        """Candidate and current champion on the same holdout window."""
+        """Candidate and current champion on the same holdout window (one scoring function)."""
         from atft_core import pipeline
 
         return pipeline.evaluate_holdout(task_ctx(context), trained)
@@ -177,15 +214,14 @@ def atft_retrain():
         """Run summary and the retrain-success timestamp to Prometheus (after publish or skip)."""
         from atft_core import pipeline
 
-        return pipeline.report_metrics(task_ctx(context),
-                                       retrain_summary(trained, evaluation, decision, published))
+        return pipeline.report_metrics(task_ctx(context), trained, evaluation, decision, published)
 
     skip_publish = EmptyOperator(
         task_id="skip_publish",
         doc_md="The gate rejected the candidate: the champion stays; see the gate's decision XCom.",
     )
 
-    trained = train(features(validate(check_fresh_data())))
+    trained = train(features(validate(check_fresh_data(validate_conf()))))
     evaluation = evaluate(trained)
     decided = gate(evaluation)
     decision = decided["decision"]

@@ -47,6 +47,6 @@ PY
     ;;
 esac
 
-airflow pools set gpu 1 "GPU worker slots (train, HPO trials)"
+airflow pools import /opt/atft/include/airflow/pools.json  # the gpu pool (train, HPO trials)
 own  # files the commands above created as root
 airflow version

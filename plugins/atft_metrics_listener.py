@@ -5,14 +5,19 @@ in the task's worker process, or in the API server when a state is set by hand) 
 ``MetricsPusher.task_result(dag_id, task_id, state)`` through :mod:`atft_core.observability`
 (Pushgateway when ``ATFT_PUSHGATEWAY_URL`` is set, else the textfile fallback).
 
+A failure also increments ``atft_task_failures_total`` (per dag_id/task_id group).
+
 Decisions: only DAGs whose id starts with ``atft_`` are reported; a listener error is logged and
-swallowed -- metrics must never fail (or retry) a task; the config is the run's ``config`` Param
-(default ``default``) with the same environment endpoints the tasks use.
+swallowed -- metrics must never fail (or retry) a task. The metrics settings come from the run's
+Params through :func:`atft_core.pipeline.metrics_config_for`, which falls back to the named and
+then the default config when the conf itself is what made the task fail (an invalid conf is
+exactly the failure that must still be counted); endpoints as the tasks resolve them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -38,13 +43,19 @@ def report_task_result(task_instance: Any, state: str) -> bool:
         dag_id, task_id = str(task_instance.dag_id), str(task_instance.task_id)
         if not dag_id.startswith(DAG_PREFIX):
             return False
-        from atft_core.observability import MetricsPusher
-        from atft_core.pipeline import task_config
+        from atft_airflow_utils import airflow_endpoints
 
-        cfg = task_config({"params": _params_of(task_instance), "dag_id": dag_id})
-        pusher = MetricsPusher(cfg.metrics, job=cfg.metrics.job, dag_id=dag_id, task_id=task_id)
-        pusher.task_result(dag_id, task_id, state)
-        return True
+        from atft_core.observability import ENV_AIRFLOW_CONN, MetricsPusher
+        from atft_core.pipeline import metrics_config_for
+
+        endpoints = airflow_endpoints()
+        metrics = metrics_config_for(_params_of(task_instance), endpoints)
+        environ = None
+        if endpoints.get("pushgateway_conn_uri"):
+            environ = dict(os.environ) | {ENV_AIRFLOW_CONN: endpoints["pushgateway_conn_uri"]}
+        pusher = MetricsPusher(metrics, job=metrics.job, dag_id=dag_id, task_id=task_id, environ=environ)
+        delivery = pusher.task_result(dag_id, task_id, state)
+        return delivery.kind != "dropped"
     except Exception:
         log.warning("atft metrics listener: could not report %s for %s", state,
                     getattr(task_instance, "task_id", "?"), exc_info=True)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import pendulum
 from airflow.plugins_manager import AirflowPlugin
 from airflow.timetables.base import DagRunInfo, DataInterval, Timetable
+from airflow.timetables.trigger import CronTriggerTimetable
 
 if TYPE_CHECKING:
     from airflow.timetables.base import TimeRestriction
@@ -163,6 +164,53 @@ class JPXTradingDayTimetable(Timetable):
         return f"JPXTradingDayTimetable(at={self.at!r})"
 
 
+class TokyoCronTimetable(CronTriggerTimetable):
+    """A cron schedule read in Asia/Tokyo whose UI summary says so, and whose first run after
+    creation or unpause is never one from the past.
+
+    Airflow's ``CronTriggerTimetable`` with ``catchup=False`` starts the *latest past* cron time
+    at once ("0 3 * * 6" unpaused on a Wednesday runs last Saturday's run now) and shows the bare
+    expression with no timezone. Here, with catchup off, a past cron time is only run if it is
+    within Airflow's own ``run_immediately`` grace (10 % of the period, at least 5 minutes: a
+    scheduler back at 03:30 still runs the 03:00 run); otherwise the next run is the next cron
+    time. ``catchup=True`` is unchanged.
+    """
+
+    def __init__(self, cron: str, *, timezone: Any = "Asia/Tokyo", **kwargs: Any) -> None:
+        super().__init__(cron, timezone=timezone, **kwargs)
+        base = self.description or cron
+        self.description = f"{base} ({self._tz_label()})"
+
+    def _tz_label(self) -> str:
+        name = getattr(self._timezone, "name", str(self._timezone))
+        abbr = pendulum.now(self._timezone).format("zz")
+        return f"{name}, {abbr}" if abbr and abbr != name else name
+
+    @property
+    def summary(self) -> str:
+        abbr = pendulum.now(self._timezone).format("zz") or getattr(self._timezone, "name", "")
+        return f"{self._expression} {abbr}"
+
+    def next_dagrun_info(
+        self,
+        *,
+        last_automated_data_interval: DataInterval | None,
+        restriction: TimeRestriction,
+    ) -> DagRunInfo | None:
+        if restriction.catchup:
+            return super().next_dagrun_info(last_automated_data_interval=last_automated_data_interval,
+                                            restriction=restriction)
+        candidates = [self._calc_first_run()]  # latest past time within the grace, else the next
+        if last_automated_data_interval is not None:
+            candidates.append(self._get_next(last_automated_data_interval.end))
+        if restriction.earliest is not None:
+            candidates.append(self._align_to_next(restriction.earliest))
+        nxt = max(candidates)
+        if restriction.latest is not None and restriction.latest < nxt:
+            return None
+        return DagRunInfo.interval(pendulum.instance(nxt - self._interval), pendulum.instance(nxt))
+
+
 class JPXTimetablePlugin(AirflowPlugin):
     name = "jpx_timetable"
-    timetables = [JPXTradingDayTimetable]
+    timetables = [JPXTradingDayTimetable, TokyoCronTimetable]

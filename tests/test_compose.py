@@ -357,7 +357,7 @@ def test_uid_changes_work(services):
     assert 'chmod -R g+rwX "$VAR" "$LOGS"' in script
     assert "VAR=/opt/airflow/var" in script and "LOGS=/opt/airflow/logs" in script
     assert "airflow users create --username \"$AIRFLOW_ADMIN_USER\"" in script
-    assert "airflow pools set gpu 1" in script
+    assert "airflow pools import /opt/atft/include/airflow/pools.json" in script
     for name in AIRFLOW_SERVICES - {"airflow-init"}:
         assert services[name]["user"] == "${AIRFLOW_UID:-50000}:0", name
     assert "chmod -R g+rwX /opt/airflow/var" in (REPO / "docker/airflow.Dockerfile").read_text()

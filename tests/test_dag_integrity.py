@@ -158,8 +158,8 @@ def test_policies(bag):
         for t in dag.tasks:
             assert t.owner == "atft-mlops", (dag_id, t.task_id)
             assert t.doc_md, (dag_id, t.task_id)
-            if dag_id == "atft_rollback":
-                assert t.retries == 0  # "one step back" is not idempotent: no blind retries
+            if dag_id == "atft_rollback" or (dag_id, t.task_id) == ("atft_retrain", "validate_conf"):
+                assert t.retries == 0  # not idempotent / cannot be fixed by retrying
             else:
                 assert t.retries >= 1, (dag_id, t.task_id)
     retrain = bag.dags["atft_retrain"]
@@ -174,6 +174,7 @@ def test_retrain_task_graph(bag):
     dag = bag.dags["atft_retrain"]
     edges = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
     assert edges == {
+        "validate_conf": {"check_fresh_data"},
         "check_fresh_data": {"validate"},
         "validate": {"features"},
         "features": {"train"},
@@ -225,6 +226,10 @@ def test_hpo_maps_trials_over_one_study(bag, serialized):
         ({"min_rank_ic": 2.0}, "min_rank_ic"),
         ({"data_start": "2024-02-30"}, "data_start"),
         ({"config": "../../etc/passwd"}, "config"),
+        ({"config": "no-such-config"}, "config"),
+        ({"epochs_per_phase": 2}, "epochs_per_phase"),
+        ({"epochs": -1}, "epochs"),
+        ({"data_end": "07/05/2024"}, "data_end"),
         ({"force": "yes"}, "force"),
         ({"overrides": ["not an override"]}, "overrides"),
     ],
@@ -241,7 +246,8 @@ def test_retrain_params_accept_a_full_good_form(serialized):
             "loss_weights": {"rankic": 2.0, "sharpe": None}, "seed": 1, "min_rank_ic": 0.01,
             "min_sharpe": 0.3, "data_start": "2023-01-04", "data_end": "2024-05-07",
             "overrides": ["graph.k=20"], "force": True, "actor": "quant@desk"}
-    assert serialized["atft_retrain"].params.deep_merge(conf).validate() == conf | {"data_source": None}
+    assert serialized["atft_retrain"].params.deep_merge(conf).validate() == conf | {
+        "data_source": None, "epochs": None}
     defaults = serialized["atft_retrain"].params.deep_merge({}).validate()
     assert defaults["config"] == "default" and defaults["force"] is False
 
@@ -330,39 +336,155 @@ def test_task_ctx_uses_the_interval_and_tokyo_trading_day(af_env):
     import pendulum
     from atft_airflow_utils import task_ctx
 
-    dag_run = SimpleNamespace(dag_id="atft_retrain", run_id="scheduled__x",
+    dag_run = SimpleNamespace(dag_id="atft_retrain", run_id="scheduled__x", conf={"lr": 0.01},
                               run_after=pendulum.datetime(2024, 5, 7, 9, tz="UTC"))
     ctx = task_ctx({"dag_run": dag_run, "ti": SimpleNamespace(try_number=2),
+                    "dag": SimpleNamespace(params={"lr": None, "config": "default"}),
                     "data_interval_start": pendulum.datetime(2024, 5, 2, 9, tz="UTC"),
                     "data_interval_end": pendulum.datetime(2024, 5, 7, 9, tz="UTC"),
-                    "params": {"lr": 0.01}})
+                    "params": {"lr": 0.01}}, endpoints=False)
     assert ctx == {"dag_id": "atft_retrain", "run_id": "scheduled__x",
                    "data_interval_start": "2024-05-02T09:00:00+00:00",
                    "data_interval_end": "2024-05-07T09:00:00+00:00",
-                   "as_of": "2024-05-07", "params": {"lr": 0.01}, "try_number": 2}
+                   "as_of": "2024-05-07", "params": {"lr": 0.01}, "try_number": 2,
+                   "conf": {"lr": 0.01}, "param_names": ["config", "lr"]}
     json.dumps(ctx)  # JSON-able
     # no data interval (Airflow 3 manual run without logical date): JPX interval of run_after
-    dag_run = SimpleNamespace(dag_id="atft_rollback", run_id="manual__y",
+    dag_run = SimpleNamespace(dag_id="atft_rollback", run_id="manual__y", conf=None,
                               run_after=pendulum.datetime(2024, 5, 11, 1, tz="UTC"))  # Sat 10:00 JST
     ctx = task_ctx({"dag_run": dag_run, "ti": SimpleNamespace(try_number=1),
-                    "data_interval_start": None, "data_interval_end": None, "params": {}})
-    assert ctx["as_of"] == "2024-05-10"
+                    "data_interval_start": None, "data_interval_end": None, "params": {}},
+                   endpoints=False)
+    assert ctx["as_of"] == "2024-05-10" and ctx["conf"] == {} and ctx["param_names"] is None
     assert ctx["data_interval_end"] == "2024-05-10T09:00:00+00:00"
 
 
-def test_retrain_summary(af_env):
-    from atft_airflow_utils import retrain_summary
+def test_connections_resolve_through_airflow_hooks(af_env, monkeypatch):
+    """BaseHook / AwsBaseHook read Airflow's secrets backends (env here; metadata DB or a secrets
+    backend in a deployment) -- the endpoints reach the run's config and metrics pusher."""
+    from atft_airflow_utils import airflow_endpoints
 
-    trained = {"run_id": "r1", "run_dir": "var/runs/r1"}
-    evaluation = {"candidate": {"rank_ic_1d": 0.04}, "champion": {"rank_ic_1d": 0.03},
-                  "champion_run_id": "r0"}
-    promoted = retrain_summary(trained, evaluation, {"decision": "promote", "reasons": ["ok"]},
-                               {"uri": "s3://b/runs/r1"})
-    assert promoted["champion_run_id"] == "r1" and promoted["published_uri"] == "s3://b/runs/r1"
-    assert promoted["previous_champion_run_id"] == "r0" and promoted["holdout"]["rank_ic_1d"] == 0.04
-    rejected = retrain_summary(trained, evaluation, {"decision": "reject", "reasons": ["low"]}, None)
-    assert rejected["champion_run_id"] == "r0" and rejected["published_uri"] is None
-    assert rejected["reasons"] == ["low"] and rejected["report"] == "var/runs/r1/report.md"
+    from atft_core.pipeline import RunContext
+
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+              "ATFT_PUSHGATEWAY_URL", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AIRFLOW_CONN_ATFT_PUSHGATEWAY", "http://gw-user:gw%20pass@127.0.0.1:9091")
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
+        "conn_type": "aws", "login": "AKIDEXAMPLE", "password": "s3cret",
+        "extra": {"endpoint_url": "http://127.0.0.1:5000", "region_name": "ap-northeast-1"}}))
+    monkeypatch.setattr("os.environ", dict(__import__("os").environ))  # the hook exports keys here
+    ep = airflow_endpoints()
+    assert ep["s3_endpoint_url"] == "http://127.0.0.1:5000" and ep["aws_credentials"] == "aws_default"
+    import os
+
+    assert (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]) == ("AKIDEXAMPLE", "s3cret")
+    monkeypatch.delenv("AIRFLOW_CONN_ATFT_PUSHGATEWAY")  # the pusher must use what the hook found
+    rc = RunContext.build({"dag_id": "atft_retrain", "run_id": "r", "as_of": "2024-05-07",
+                           "params": {"config": "test"}, "endpoints": ep})
+    assert rc.config.registry.endpoint_url == "http://127.0.0.1:5000"
+    gw = rc.pusher("train").gateway
+    assert (gw.url, gw.username, gw.password) == ("http://127.0.0.1:9091", "gw-user", "gw pass")
+    assert "s3cret" not in json.dumps(ep) and "s3cret" not in json.dumps(rc.record())
+
+
+def test_missing_pool_is_named_with_the_fix(af_env):
+    """Fault 13: a pool used by a task but missing in Airflow leaves the task 'scheduled' forever;
+    the check names the pool, the tasks and the command that creates it."""
+    import atft_pools
+
+    from atft_core.config import CONFIG_DIR
+
+    shipped = json.loads((CONFIG_DIR.parent / "airflow" / "pools.json").read_text())
+    assert atft_pools.shipped_pools() == shipped and shipped["gpu"]["slots"] == 1
+    tasks = [SimpleNamespace(task_id="train", pool="gpu"), SimpleNamespace(task_id="gate", pool="default_pool"),
+             SimpleNamespace(task_id="x", pool=None)]
+    used = atft_pools.pools_used(tasks)
+    assert used == {"gpu": ["train"]}
+    assert atft_pools.missing_pool_messages("atft_retrain", used, ["default_pool", "gpu"]) == []
+    (line,) = atft_pools.missing_pool_messages("atft_retrain", used, ["default_pool"])
+    assert line.startswith("atft: pool 'gpu' does not exist: atft_retrain.train will wait in 'scheduled'")
+    assert "airflow pools import include/airflow/pools.json" in line
+    assert 'airflow pools set gpu 1 "GPU worker slots' in line
+
+
+def test_every_pool_the_dags_use_is_shipped(bag):
+    """Fault 13: the gpu pool existed only in docker-compose; every pool is in pools.json, which the
+    demo imports (airflow pools import) and docker-compose uses too."""
+    import atft_pools
+
+    used = {p for dag in bag.dags.values() for p in atft_pools.pools_used(dag.tasks)}
+    assert used == {"gpu"} and used <= set(atft_pools.shipped_pools())
+    demo = (REPO / "atft_core" / "commands" / "demo.py").read_text()
+    assert '"pools", "import"' in demo
+    assert "airflow pools import /opt/atft/include/airflow/pools.json" in (REPO / "docker-compose.yml").read_text()
+    assert "include/airflow/pools.json" in (REPO / "README.md").read_text()
+
+
+def test_pool_check_runs_in_the_scheduler_listener(parsed):
+    assert "atft_pools" in parsed["listeners"]
+
+
+def test_params_form_reads_like_the_params_ui_example(serialized):
+    """Sections, an enum of the shipped configs, date pickers, nothing optional starred (the form
+    stars a field whose type does not allow null)."""
+    from atft_core.config import CONFIG_DIR
+
+    params = serialized["atft_retrain"].params
+    schemas = {k: params.get_param(k).schema for k in params}
+    assert set(schemas["config"]["enum"]) == {p.stem for p in CONFIG_DIR.glob("*.yaml")}
+    assert {s.get("section") for s in schemas.values()} == {
+        "Run", "Training (empty = the config's value)", "Data window", "Promotion gate", "Advanced"}
+    starred = sorted(k for k, s in schemas.items() if "null" not in (
+        s["type"] if isinstance(s["type"], list) else [s["type"]]))
+    assert starred == ["config"]  # the only required field, and it has a default
+    assert schemas["data_start"]["format"] == schemas["data_end"]["format"] == "date"
+    assert all(s.get("title") and params.get_param(k).description for k, s in schemas.items())
+
+
+def test_listener_counts_failures_even_when_the_conf_is_invalid(af_env, tmp_path, monkeypatch):
+    """Fault 16: a task that failed because of its conf was reported as "could not report failed
+    for check_fresh_data" -- the failure never reached Prometheus."""
+    import atft_metrics_listener as listener
+
+    from atft_core.observability import read_textfile_value
+
+    monkeypatch.delenv("ATFT_PUSHGATEWAY_URL", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_ATFT_PUSHGATEWAY", raising=False)
+    bad = {"config": "test", "epochs_per_phase": [1, 2], "overrides": [f"metrics.textfile_dir={tmp_path}"]}
+    ti = _ti(task_id="check_fresh_data", params=bad)
+    for n in (1, 2, 3):
+        assert listener.report_task_result(ti, "failed") is True
+        (prom,) = tmp_path.glob("*.prom")
+        assert read_textfile_value(prom, "atft_task_failures_total") == float(n)
+    assert read_textfile_value(prom, "atft_task_success") == 0.0
+    text = prom.read_text()
+    assert 'atft_task_failures_total{dag_id="atft_retrain",task_id="check_fresh_data"} 3.0' in text
+    listener.on_task_instance_success(previous_state=None, task_instance=ti)
+    assert read_textfile_value(prom, "atft_task_success") == 1.0
+    assert read_textfile_value(prom, "atft_task_failures_total") == 3.0  # a success keeps the count
+
+
+@pytest.mark.integration
+def test_listener_failure_count_reaches_a_real_pushgateway(af_env, tmp_path, monkeypatch):
+    import urllib.request
+
+    import atft_metrics_listener as listener
+    from bin_helpers import start_pushgateway, stop_server
+
+    url, proc = start_pushgateway(tmp_path / "pushgateway.log")
+    try:
+        monkeypatch.setenv("ATFT_PUSHGATEWAY_URL", url)
+        ti = _ti(task_id="validate_conf", params={"config": "test", "epochs_per_phase": [1]})
+        for _ in range(2):
+            listener.on_task_instance_failed(previous_state=None, task_instance=ti, error="bad conf")
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+            lines = [ln for ln in r.read().decode().splitlines()
+                     if ln.startswith("atft_task_failures_total{")]
+    finally:
+        stop_server(proc)
+    assert len(lines) == 1 and 'task_id="validate_conf"' in lines[0] and 'dag_id="atft_retrain"' in lines[0]
+    assert float(lines[0].rsplit(" ", 1)[1]) == 2.0
 
 
 # --------------------------------------------------------------------------- dag.test (wiring)
@@ -383,12 +505,14 @@ def rec(name, result):
 
 fake = types.ModuleType("atft_core.pipeline")
 fake.DataNotFresh = DataNotFresh
+fake.RunConfError = type("RunConfError", (ValueError,), {})
+fake.validate_conf = rec("validate_conf", {"work_dir": "w", "identity": "abc"})
 fake.check_fresh_data = rec("check_fresh_data", {"source": "raw", "rows": 10})
 fake.validate_data = rec("validate_data", {"success": True, "source": "raw"})
 fake.build_features = rec("build_features", {"features_path": "f.parquet"})
 fake.train_candidate = rec("train_candidate", {"run_id": "r1", "run_dir": "runs/r1"})
-fake.evaluate_holdout = rec("evaluate_holdout", {"candidate": {"rank_ic_1d": 0.05},
-                                                 "champion": None, "champion_run_id": "r0"})
+fake.evaluate_holdout = rec("evaluate_holdout", {"evaluation_path": "w/evaluation.json",
+                                                 "champion_run_id": "r0"})
 fake.gate = rec("gate", lambda ctx, ev: {"decision": state["decision"], "reasons": ["why"]})
 fake.publish = rec("publish", {"run_id": "r1", "uri": "file://reg/runs/r1"})
 fake.report_metrics = rec("report_metrics", {"ok": True})
@@ -429,7 +553,7 @@ def test_dag_test_runs_the_retrain_wiring_end_to_end(tmp_path):
 
     promote, reject = out["promote"], out["reject"]
     assert promote["state"] == reject["state"] == "success"
-    order = ["check_fresh_data", "validate_data", "build_features", "train_candidate",
+    order = ["validate_conf", "check_fresh_data", "validate_data", "build_features", "train_candidate",
              "evaluate_holdout", "gate"]
     assert [c["fn"] for c in promote["calls"]] == [*order, "publish", "report_metrics"]
     assert [c["fn"] for c in reject["calls"]] == [*order, "report_metrics"]
@@ -438,6 +562,7 @@ def test_dag_test_runs_the_retrain_wiring_end_to_end(tmp_path):
     assert reject["tis"]["metrics"] == "success"
 
     ctx = promote["calls"][0]["ctx"]  # logical date Tue 2024-05-07 21:00 JST
+    assert ctx["conf"] == {"config": "test", "lr": 0.001} and "overrides" in ctx["param_names"]
     assert ctx["as_of"] == "2024-05-07"
     assert ctx["data_interval_start"] == "2024-05-02T09:00:00+00:00"  # Golden Week closure
     assert ctx["data_interval_end"] == "2024-05-07T09:00:00+00:00"
@@ -449,8 +574,10 @@ def test_dag_test_runs_the_retrain_wiring_end_to_end(tmp_path):
     assert by_fn["validate_data"] == [{"source": "raw", "rows": 10}]
     assert by_fn["train_candidate"] == [{"features_path": "f.parquet"}]
     assert by_fn["publish"][1] == {"decision": "promote", "reasons": ["why"]}
-    summary = by_fn["report_metrics"][0]
-    assert summary["published_uri"] == "file://reg/runs/r1" and summary["champion_run_id"] == "r1"
-    rsum = {c["fn"]: c["args"] for c in reject["calls"]}["report_metrics"][0]
-    assert rsum["published_uri"] is None and rsum["champion_run_id"] == "r0"
-    assert rsum["decision"] == "reject"
+    # metrics gets the references of every upstream (published is None when skipped)
+    assert by_fn["report_metrics"] == [{"run_id": "r1", "run_dir": "runs/r1"},
+                                       {"evaluation_path": "w/evaluation.json", "champion_run_id": "r0"},
+                                       {"decision": "promote", "reasons": ["why"]},
+                                       {"run_id": "r1", "uri": "file://reg/runs/r1"}]
+    rargs = {c["fn"]: c["args"] for c in reject["calls"]}["report_metrics"]
+    assert rargs[2]["decision"] == "reject" and rargs[3] is None

@@ -216,3 +216,62 @@ def test_configurable_time_serialize_roundtrip_and_summary(tt_mod):
 def test_plugin_registers_the_timetable(tt_mod):
     assert tt_mod.JPXTradingDayTimetable in tt_mod.JPXTimetablePlugin.timetables
     assert "jpx_timetable" in sys.modules
+
+
+# --------------------------------------------------------------------------- atft_hpo (fault 17)
+@pytest.fixture(scope="module")
+def hpo_timetable(tt_mod):
+    """atft_hpo's timetable as the scheduler and the UI see it (after serialization)."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    bag = DagBag(dag_folder=str(REPO / "dags" / "atft_hpo.py"))
+    assert bag.import_errors == {}
+    dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(bag.dags["atft_hpo"]))
+    return dag.timetable
+
+
+def _frozen_now(monkeypatch, when):
+    import airflow.timetables.trigger as trigger
+
+    monkeypatch.setattr(trigger, "utcnow", lambda: when.in_timezone("UTC"))
+
+
+def test_hpo_schedule_shows_its_timezone(hpo_timetable):
+    """Fault 17: the UI showed "0 3 * * 6" with no timezone."""
+    assert hpo_timetable.summary == "0 3 * * 6 JST"
+    assert hpo_timetable.description == "At 03:00, only on Saturday (Asia/Tokyo, JST)"
+    assert type(hpo_timetable).__name__ == "TokyoCronTimetable"
+
+
+def test_hpo_unpaused_midweek_waits_for_saturday(hpo_timetable, monkeypatch):
+    """Fault 17: unpaused on a Wednesday, the first run was last Saturday's (in the past)."""
+    from airflow.timetables.base import DataInterval
+
+    start = jst(2024, 1, 6)  # the DAG's start_date
+    _frozen_now(monkeypatch, jst(2026, 12, 2, 10))  # Wednesday 10:00 JST
+    first = hpo_timetable.next_dagrun_info(last_automated_data_interval=None,
+                                           restriction=restriction(start, catchup=False))
+    assert first.run_after == jst(2026, 12, 5, 3)  # the coming Saturday 03:00 JST
+    weeks_ago = DataInterval(jst(2026, 11, 7, 3), jst(2026, 11, 7, 3))  # paused for weeks
+    again = hpo_timetable.next_dagrun_info(last_automated_data_interval=weeks_ago,
+                                           restriction=restriction(start, catchup=False))
+    assert again.run_after == jst(2026, 12, 5, 3)
+    # a scheduler back 30 minutes late still runs that Saturday's run (within the grace)
+    _frozen_now(monkeypatch, jst(2026, 12, 5, 3, 30))
+    late = hpo_timetable.next_dagrun_info(
+        last_automated_data_interval=DataInterval(jst(2026, 11, 28, 3), jst(2026, 11, 28, 3)),
+        restriction=restriction(start, catchup=False))
+    assert late.run_after == jst(2026, 12, 5, 3)
+    # catchup=True keeps Airflow's behaviour: the week after the last run
+    caught = hpo_timetable.next_dagrun_info(last_automated_data_interval=weeks_ago,
+                                            restriction=restriction(start, catchup=True))
+    assert caught.run_after == jst(2026, 11, 14, 3)
+
+
+def test_tokyo_cron_timetable_is_registered_and_round_trips(tt_mod):
+    T = tt_mod.TokyoCronTimetable
+    assert T in tt_mod.JPXTimetablePlugin.timetables
+    t = T("30 18 * * 1-5")
+    back = T.deserialize(t.serialize())
+    assert type(back) is T and back.serialize() == t.serialize() and back.summary == "30 18 * * 1-5 JST"

@@ -2,6 +2,9 @@
 (``airflow dags test`` on a SQLite metadata DB) on embedded defaults, twice: the first run trains
 and (if it clears the gate) becomes champion; the second, with another seed, is gated against it.
 
+The ``gpu`` pool the train task needs is imported from ``include/airflow/pools.json`` first
+(``airflow pools import``): without it the task would never leave "scheduled" in a real Airflow.
+
 Embedded defaults: synthetic market, ``file://var/registry``, textfile metrics in var/metrics,
 CPU. ``ATFT_REGISTRY=s3://...`` + ``AWS_ENDPOINT_URL`` and ``ATFT_PUSHGATEWAY_URL`` switch the same
 run to S3 and the Pushgateway.
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+POOLS_FILE = REPO / "include" / "airflow" / "pools.json"
 
 
 def register(sub) -> None:
@@ -70,6 +74,9 @@ def run_demo(args) -> int:
     if _airflow(["db", "migrate"], env, log_path) != 0:
         print(f"airflow db migrate failed; see {log_path}", file=sys.stderr)
         return 1
+    if _airflow(["pools", "import", str(POOLS_FILE)], env, log_path) != 0:
+        print(f"airflow pools import {POOLS_FILE} failed; see {log_path}", file=sys.stderr)
+        return 1
     last = calendar.latest_expected_trading_day(args.date or dt.datetime.now(calendar.ZONE).date().isoformat())
     # consecutive nightly runs: run i is the i-th of the last `runs` trading days (oldest first)
     days = [calendar.add_trading_days(last, i - args.runs + 1).isoformat() for i in range(args.runs)]
@@ -91,21 +98,28 @@ def run_demo(args) -> int:
         if args.data_source:
             conf["data_source"] = args.data_source
             conf["data_end"] = day
-        t = time.perf_counter()
+        t, started = time.perf_counter(), time.time()
         print(f"\n== run {i + 1}/{args.runs}: airflow dags test atft_retrain {day} (seed {i}) ...", flush=True)
         code = _airflow(["dags", "test", "atft_retrain", f"{day}T12:00:00+00:00", "--conf", json.dumps(conf)],
                         env, log_path)
         print(f"   finished in {time.perf_counter() - t:.0f} s, exit code {code}")
         rc = rc or code
-        _print_outcome(cfg, day)
+        _print_outcome(cfg, day, started)
     print(f"\natft demo: done in {time.perf_counter() - t0:.0f} s")
     return rc
 
 
-def _print_outcome(cfg, day: str) -> None:
+def _print_outcome(cfg, day: str, started: float) -> None:
     from atft_core import calendar
 
-    wd = Path(cfg.work_root) / "atft_retrain" / str(calendar.latest_expected_trading_day(day))
+    # each DAG run has its own work dir under the day: {day}/{dag run id}.{model identity}
+    day_dir = Path(cfg.work_root) / "atft_retrain" / str(calendar.latest_expected_trading_day(day))
+    ours = sorted((p for p in day_dir.glob("*/run_context.json") if p.stat().st_mtime >= started - 1),
+                  key=lambda p: p.stat().st_mtime)
+    if not ours:
+        print(f"   no run of this demo under {day_dir} (the run stopped early; see the log)")
+        return
+    wd = ours[-1].parent
     decision_path = wd / "gate_decision.json"
     if not decision_path.exists():
         print(f"   no gate decision in {wd} (the run stopped earlier; see the log)")
