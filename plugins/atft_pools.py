@@ -72,10 +72,9 @@ def missing_pool_messages(dag_id: str, used: Mapping[str, list[str]], existing: 
 
 def check_run_pools(dag_run: Any) -> list[str]:
     """Scheduler side: the missing-pool lines for this run's DAG; logged and set as the run's note."""
+    from airflow.models.pool import Pool
     from sqlalchemy import select
     from sqlalchemy.orm import object_session
-
-    from airflow.models.pool import Pool
 
     session = object_session(dag_run)
     dag = getattr(dag_run, "dag", None)

@@ -37,8 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from atft_core import calendar
-from atft_core.config import Config, ConfigError, apply_overrides, load_config, model_config, \
-    model_identity_hash
+from atft_core.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    load_config,
+    model_config,
+    model_identity_hash,
+)
 
 # Airflow Param name -> dotted config key (the UI form maps onto the one typed config).
 PARAM_TO_CONFIG: dict[str, str] = {
@@ -154,7 +160,7 @@ class RunContext:
             cfg = with_endpoints(config_from_params(params), endpoints, environ)
         except ConfigError as err:  # already names the key; keep one exception family
             raise RunConfError(str(err)) from None
-        as_of = ctx.get("as_of") or dt.date.today().isoformat()
+        as_of = ctx.get("as_of") or dt.datetime.now(calendar.ZONE).date().isoformat()  # Tokyo day
         return cls(dag_id=str(ctx.get("dag_id") or "adhoc"), run_id=str(ctx.get("run_id") or "adhoc"),
                    as_of=dt.date.fromisoformat(str(as_of)), config=cfg, params=params,
                    data_interval_start=ctx.get("data_interval_start"),
