@@ -153,8 +153,8 @@ def build_features(ctx: dict[str, Any], validated: dict[str, Any] | None = None)
 def train_candidate(ctx: dict[str, Any], feats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Phased trainer on the run's features; a retry resumes this run's own checkpoint.
 
-    Returns the weights' run dir and the validation numbers; the holdout is scored once, by
-    :func:`evaluate_holdout`."""
+    Returns references to the weights and their validation metrics (``metrics.json``); the
+    holdout is scored once, by :func:`evaluate_holdout`."""
     import polars as pl
 
     from atft_core.train.api import train_run
@@ -171,9 +171,10 @@ def train_candidate(ctx: dict[str, Any], feats: dict[str, Any] | None = None) ->
         pusher.stage("train", success=False, seconds=time.perf_counter() - t0)
         raise
     pusher.stage("train", success=True, seconds=time.perf_counter() - t0)
+    # references + the monitor's best value; the full val metrics are in metrics.json
     return {"run_id": rc.training_run_id, "run_dir": str(rc.run_dir),
             "weights_path": str(result.weights_path), "metrics_path": str(result.metrics_path),
-            "val": _headline(result.best_metrics), "best": _headline(result.best),
+            "best_value": result.best_value, "best": _headline(result.best),
             "nan_steps": result.nan_steps, "resumed_from": result.resumed_from,
             "train_seconds": round(result.train_seconds, 1)}
 
