@@ -174,7 +174,8 @@ def train_candidate(ctx: dict[str, Any], feats: dict[str, Any] | None = None) ->
     # references + the monitor's best value; the full val metrics are in metrics.json
     return {"run_id": rc.training_run_id, "run_dir": str(rc.run_dir),
             "weights_path": str(result.weights_path), "metrics_path": str(result.metrics_path),
-            "best_value": result.best_value, "best": _headline(result.best),
+            "best_value": result.best_value if math.isfinite(result.best_value) else None,
+            "best": _headline(result.best),
             "nan_steps": result.nan_steps, "resumed_from": result.resumed_from,
             "train_seconds": round(result.train_seconds, 1)}
 
