@@ -417,7 +417,7 @@ def test_every_pool_the_dags_use_is_shipped(bag):
     assert used == {"gpu"} and used <= set(atft_pools.shipped_pools())
     demo = (REPO / "atft_core" / "commands" / "demo.py").read_text()
     assert '"pools", "import"' in demo
-    assert "airflow pools import /opt/atft/include/airflow/pools.json" in (REPO / "docker-compose.yml").read_text()
+    assert "airflow pools import /opt/atft/include/airflow/pools.json" in (REPO / "docker/airflow-init.sh").read_text()
     assert "include/airflow/pools.json" in (REPO / "README.md").read_text()
 
 
