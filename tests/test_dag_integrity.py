@@ -106,7 +106,7 @@ def test_dags_survive_serialization_with_the_registered_timetable(parsed):
     assert "atft_quotes_store" in json.dumps(s["atft_retrain"]["tt"]["asset_condition"])
     assert s["atft_ingest"]["timetable"] == "JPXTradingDayTimetable"
     assert s["atft_ingest"]["tt"] == {"at": "17:30"}
-    assert s["atft_hpo"]["timetable"] == "CronTriggerTimetable"
+    assert s["atft_hpo"]["timetable"] == "TokyoCronTimetable"  # Asia/Tokyo cron, summary "... JST"
     assert s["atft_rollback"]["timetable"] == "NullTimetable"
 
 
