@@ -10,6 +10,7 @@ from atft_core.pipeline.run_context import (
     PARAM_TO_CONFIG,
     RunConfError,
     RunContext,
+    _safe,  # noqa: F401 -- atft_core.ingest_pipeline names its work dirs with it
     check_conf_keys,
     config_from_params,
     metrics_config_for,
@@ -36,11 +37,17 @@ def task_config(ctx):
     return RunContext.build(ctx).config
 
 
+def work_dir(ctx, cfg=None):
+    """The run's work dir, created (``RunContext.build(ctx).ensure_work_dir()``; ``cfg`` is
+    accepted for the older call form and ignored: the context decides)."""
+    return RunContext.build(ctx).ensure_work_dir()
+
+
 __all__ = [
     "LOSS_WEIGHT_PARAMS", "PARAM_TO_CONFIG", "DataNotFresh", "RunConfError", "RunContext",
     "build_features", "check_conf_keys", "check_fresh_data", "config_from_params",
     "epoch_metrics_hook", "evaluate_holdout", "gate", "hpo_create_study", "hpo_run_trial",
     "hpo_summarise", "metrics_config_for", "publish", "report_metrics", "retrain_summary",
     "rollback", "score_on_holdout", "task_config", "train_candidate", "validate_conf",
-    "validate_data",
+    "validate_data", "work_dir",
 ]
