@@ -58,6 +58,10 @@ class SyntheticConfig(_Section):
     signal_strength: float = Field(0.10, ge=0.0, le=1.0)
     missing_rate: float = Field(0.002, ge=0.0, le=0.2)
     listing_fraction: float = Field(0.05, ge=0.0, le=0.5)
+    # Regime change (atft replay's test market): from day round(regime_change_at * n_days) on,
+    # the planted signal's sign flips (own: reversal -> momentum); the oracle stays exact.
+    regime_change_at: float | None = Field(None, gt=0.0, lt=1.0,
+                                           description="fraction of n_days where the signal flips")
 
 
 SYNTHETIC_SOURCE = "synthetic"

@@ -154,6 +154,35 @@ def _causal_filter(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return y
 
 
+def _signal_sign(cfg: SyntheticConfig, t_len: int) -> np.ndarray:
+    """(T, 1) +1 before the regime change, -1 from day round(regime_change_at * T) on."""
+    sign = np.ones((t_len, 1))
+    if cfg.regime_change_at is not None:
+        sign[int(round(cfg.regime_change_at * t_len)):] = -1.0
+    return sign
+
+
+def _switched_oracles(driver: np.ndarray, k: np.ndarray, c_day: np.ndarray,
+                      horizons: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Exact oracles when the gain depends on the day the return happens (regime change).
+
+    ``mu[s] = c[s] * sum_lag k[lag] D[s - lag]``, so the planted part of y_h(t) known at t is
+    ``sum_{j=2}^{h+1} c[t+j] * sum_{q>=0} k[q+j] D[t-q]`` (days past the panel keep the last
+    gain). With a constant c this is ``c * filter(D, K_h)``, the module docstring's oracle."""
+    t_len = len(driver)
+    out = {h: np.zeros_like(driver) for h in horizons}
+    idx = np.arange(t_len)
+    for j in range(2, max(horizons) + 2):
+        if j >= len(k):
+            break  # k[j:] is empty: the drivers' effect has ended
+        part = _causal_filter(driver, k[j:])  # (T, N): sum_q k[q+j] D[t-q]
+        gain = c_day[np.minimum(idx + j, t_len - 1)]  # (T, 1): c on day t+j
+        for h in horizons:
+            if j <= h + 1:
+                out[h] += gain * part
+    return out
+
+
 # --------------------------------------------------------------------------- pieces
 def _student_t(rng: np.random.Generator, df: float, size) -> np.ndarray:
     """Unit-variance Student-t draws."""
@@ -292,7 +321,8 @@ def generate_market(cfg: SyntheticConfig, horizons: tuple[int, ...] = (1, 5, 10,
         driver = peer_sum / np.sqrt(np.maximum(peer_n, 1.0))
         c = SIGNAL_GAIN * cfg.signal_strength
         del e_alive, peer_sum, peer_n
-    mu = c * _causal_filter(driver, k) if driver is not None else np.zeros((t_len, n))
+    c_day = _signal_sign(cfg, t_len) * c  # (T, 1): c, or -c from the regime change on
+    mu = c_day * _causal_filter(driver, k) if driver is not None else np.zeros((t_len, n))
 
     r = beta * market + gamma * sec_f[:, sector] + delta * clu_f[:, cluster] + mu + e
     r = np.clip(r, -0.4, 0.4)
@@ -318,8 +348,13 @@ def generate_market(cfg: SyntheticConfig, horizons: tuple[int, ...] = (1, 5, 10,
     obs_close = np.where(quoted, close, np.nan)
     oracle = {}
     rank_ic = {}
+    switched = _switched_oracles(driver, k, c_day, horizons) if (
+        driver is not None and cfg.regime_change_at is not None) else None
     for h in horizons:
-        o = c * _causal_filter(driver, oracle_kernel(k, h)) if driver is not None else np.zeros((t_len, n))
+        if switched is not None:
+            o = switched[h]
+        else:
+            o = c * _causal_filter(driver, oracle_kernel(k, h)) if driver is not None else np.zeros((t_len, n))
         o = np.where(quoted, o, np.nan)
         y = np.full((t_len, n), np.nan)
         if t_len > h + 1:
