@@ -28,6 +28,10 @@ Daily log return of stock i on day s::
   the stock's own history does not reveal it; only a graph that finds the cluster peers can.
   ``signal="none"``: ``c = 0``.
   ``c = SIGNAL_GAIN * signal_strength * sd(D)`` in units of the driver's own scale.
+  ``regime_change_at`` (a fraction of ``n_days``): from that day on the gain is ``-c`` (the
+  reversal becomes a momentum; the neighbour spill-over turns contrarian), for ``atft replay``.
+  ``mu[s]`` uses the gain of its own day s, so the oracle below becomes
+  ``sum_{j=2}^{h+1} c[t+j] * sum_q k[q+j] D[t-q]`` (:func:`_switched_oracles`), still exact.
 
 Oracle (decision: "planted part" = the sum of ``mu`` over the label window, in log-return units).
 The executable label is ``y_h(t) = Close(t+1+h) / Close(t+1) - 1``, whose log equals
