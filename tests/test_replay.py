@@ -310,3 +310,23 @@ def test_a_resumed_replay_skips_finished_retrains_and_gives_the_same_result(repl
     # other inputs into the same --out are refused
     with pytest.raises(ReplayError, match="other inputs"):
         run_replay(cfg, quotes, days[FIRST_SERVED], days[-1], EVERY + 1, out, progress=False)
+
+
+def test_a_retrain_sees_only_matured_labels_and_serving_features_are_point_in_time(market_dir):
+    """The retrain of day D builds features from the quotes up to D (as the nightly): a label
+    y_h(t) is there only when t+1+h <= D; the serving frame (all quotes) has the same features."""
+    from atft_core.features import FEATURE_COLUMNS, build_features
+
+    quotes_dir, days, m = market_dir
+    cfg = load_config("test", MARKET + TINY)
+    d_idx = 150
+    cut = build_features(m.quotes.filter(pl.col("Date") <= days[d_idx]), cfg)
+    full = build_features(m.quotes, cfg)
+    pos = {d: i for i, d in enumerate(days)}
+    t = cut["Date"].map_elements(pos.get, return_dtype=pl.Int64)
+    for h in cfg.horizons:
+        known = cut[f"y_{h}d"].is_not_null()
+        assert (t.filter(known) + 1 + h <= d_idx).all()  # nothing from after D
+        assert known.filter(t + 1 + h <= d_idx - 5).mean() > 0.95  # matured labels are there
+    same = full.filter(pl.col("Date") <= days[d_idx]).select("Date", "Code", *FEATURE_COLUMNS)
+    assert same.equals(cut.select("Date", "Code", *FEATURE_COLUMNS))

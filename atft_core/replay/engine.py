@@ -140,8 +140,7 @@ def retrain_days(serving_days: list[dt.date], every: int) -> list[dt.date]:
 
 
 def run_replay(cfg: Config, data: str | Path, start: str | dt.date, end: str | dt.date, every: int,
-               out: str | Path, *, progress: bool = True,
-               stop_after: int | None = None) -> ReplayResult | None:
+               out: str | Path, *, progress: bool = True) -> ReplayResult:
     """Replay the nightly policy over ``[start, end]`` (see the module docstring).
 
     Args:
@@ -150,8 +149,6 @@ def run_replay(cfg: Config, data: str | Path, start: str | dt.date, end: str | d
         start, end: the serving window (inclusive; trading days present in the data).
         every: retrain every N trading days (N >= 1).
         out: output directory (state, run dirs, served predictions, report).
-        stop_after: stop after this many retrain days of this call (the next call resumes);
-            returns None then. For tests of resumption and for chunked runs.
     Raises ReplayError (bad inputs, nothing written) or what train_run raises.
     """
     from atft_core.data.store import read_quotes
@@ -190,10 +187,7 @@ def run_replay(cfg: Config, data: str | Path, start: str | dt.date, end: str | d
     done = {r["day"] for r in state["retrains"]}
     todo = [d for d in days if str(d) not in done]
     bar = _progress(len(days), "retrain days", progress, initial=len(days) - len(todo))
-    for i, day in enumerate(todo):
-        if stop_after is not None and i >= stop_after:
-            bar.close()
-            return None
+    for day in todo:
         t0 = time.perf_counter()
         record = _retrain_day(cfg, quotes, day, out, state)
         record["seconds"] = round(time.perf_counter() - t0, 1)
