@@ -38,7 +38,7 @@ LIVE_ALERT = "ATFTLiveRankICLow"
 
 # the replay test market: 100 stocks x 300 days, a strong 'own' signal that flips sign at day 150
 MARKET = ["data.synthetic.n_stocks=100", "data.synthetic.n_days=300",
-          "data.synthetic.regime_change_at=0.5", "data.synthetic.signal_strength=0.4",
+          "data.synthetic.regime_change_at=0.5", "data.synthetic.signal_strength=0.2",
           "data.synthetic.seed=5"]
 TINY = ["features.horizons=[1,5]", "loss.horizon_weights={1: 1.0, 5: 0.8}",
         "split.train_days=40", "split.val_days=10", "split.holdout_days=10", "split.embargo_days=1",
@@ -191,13 +191,14 @@ def test_policy_recovers_after_the_regime_change_while_never_retrain_decays(repl
     # before the change the policy serves the first model, which earns the old regime
     before = (days[FIRST_SERVED], days[CHANGE - 1])
     for p in ("policy", "never_retrain"):
-        assert _mean_rank_ic(res, p, *before, h=1) > 0 and _mean_rank_ic(res, p, *before, h=5) > 0.05, p
+        assert _mean_rank_ic(res, p, *before, h=1) > 0 and _mean_rank_ic(res, p, *before, h=5) > 0, p
     # the last 60 days: the first model bets the wrong way, the policy's champion the right way
+    # (measured: never retrain -0.17 / -0.30, policy 0.18 / 0.32 at 1d / 5d; oracle 0.28 / 0.45)
     late = (days[-60], days[-1])
     never_late = [_mean_rank_ic(res, "never_retrain", *late, h=h) for h in (1, 5)]
     policy_late = [_mean_rank_ic(res, "policy", *late, h=h) for h in (1, 5)]
-    assert never_late[0] < -0.03 and never_late[1] < -0.1, never_late
-    assert policy_late[0] > 0.03 and policy_late[1] > 0.15, policy_late
+    assert never_late[0] < -0.1 and never_late[1] < -0.15, never_late
+    assert policy_late[0] > 0.1 and policy_late[1] > 0.15, policy_late
     assert res.summary["policy"]["cum_ls_return_1d"] > res.summary["never_retrain"]["cum_ls_return_1d"]
     promoted_after = [r for r in state["retrains"][1:]
                       if r["gate"]["decision"] == "promote" and r["day"] > str(days[CHANGE])]
