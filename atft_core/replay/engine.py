@@ -1,9 +1,9 @@
 """The replay loop: retrain every N trading days, gate, serve the champion in between.
 
 Every step calls what the nightly DAG calls: ``features.build_features`` on the quotes up to the
-retrain day, ``train.api.train_run`` into a normal run directory, ``train.api.evaluate_run_dir``
-on the holdout of that day's data for the candidate AND the current champion (one evaluation
-function, the same dates), ``gate.decide`` on the two dicts. Serving uses
+retrain day, ``train.api.train_run`` into a normal run directory, ``pipeline.tasks.score_on_holdout``
+(the nightly's one holdout scoring) on that day's data for the candidate AND the current champion
+(the same dates), ``gate.decide`` on the two dicts. Serving uses
 ``train.api.load_model`` + ``predict_window`` on the day's cross-section; scoring is
 :mod:`atft_core.replay.scoring` (``evaluate.daily_metrics``).
 
@@ -247,7 +247,9 @@ def _retrain_day(cfg: Config, quotes: pl.DataFrame, day: dt.date, out: Path,
     """Train day ``day``'s candidate, gate it against the policy's champion, move champions."""
     from atft_core.features import build_features
     from atft_core.gate import decide
-    from atft_core.train.api import evaluate_run_dir, train_run
+    from atft_core.pipeline.run_context import RunContext
+    from atft_core.pipeline.tasks import score_on_holdout
+    from atft_core.train.api import train_run
 
     frame = build_features(quotes.filter(pl.col("Date") <= day), cfg)  # the nightly's window
     run_id = run_id_for(cfg, day)
@@ -256,13 +258,15 @@ def _retrain_day(cfg: Config, quotes: pl.DataFrame, day: dt.date, out: Path,
         result = train_run(cfg, frame, run_dir, resume=True, evaluate_holdout=False)
     except ValueError as err:
         raise ReplayError(f"retrain on {day}: {err}") from None
-    candidate = evaluate_run_dir(run_dir, frame, window="holdout", split_cfg=cfg)
+    # the nightly's one holdout scoring, for the candidate and the champion on the same dates
+    rc = RunContext(dag_id="atft_replay", run_id=run_id, as_of=day, config=cfg)
+    candidate = score_on_holdout(run_dir, frame, rc)
     previous = state["retrains"][-1]["champion_after"] if state["retrains"] else None
     champion_eval, unavailable = None, None
     if previous is not None:
         champ_dir = out / "runs" / previous["policy"]
         try:
-            champion_eval = evaluate_run_dir(champ_dir, frame, window="holdout", split_cfg=cfg)
+            champion_eval = score_on_holdout(champ_dir, frame, rc)
         except ValueError as err:  # as the pipeline: an unevaluable champion is recorded
             unavailable = f"champion {previous['policy']} cannot be evaluated on this data: {err}"
     decision = decide(candidate, champion_eval, cfg.gate, champion_unavailable=unavailable)
