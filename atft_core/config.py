@@ -279,6 +279,13 @@ class GateConfig(_Section):
     min_paired_days: int = Field(5, ge=2, description="fewer common holdout days -> reject")
     allow_synthetic: bool = Field(False, description="promote models trained on synthetic data "
                                   "(demo / tests only; production refuses them)")
+    # baseline ladder (issue 13): the candidate must not be worse than the best of a ridge on the
+    # same features/rows and the 1d-reversal / 20d-low-vol factors (same paired test as above)
+    baseline_rule: bool = True
+    baseline_margin: float = Field(0.005, ge=0.0, description="allowed RankIC@1d shortfall vs best baseline")
+    promote_baseline_if_better: bool = False  # candidate loses the ladder -> the ridge may become champion
+    ridge_alphas: tuple[Annotated[float, Field(gt=0.0)], ...] = Field((0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0), min_length=1,
+                                            description="ridge penalties tried; chosen on val days")
 
 
 class RegistryConfig(_Section):

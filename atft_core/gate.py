@@ -21,7 +21,13 @@ Rules, in this order; the candidate is promoted iff every applicable check passe
 3. ``sanity`` (candidate; the champion's daily series too when comparing): the summary numbers
    are present and finite, ``coverage >= min_coverage``, ``pred_std_1d > min_pred_std``
    (non-degenerate cross-sectional spread), ``n_days >= 1`` and every daily value finite.
-No champion: rules 1 and 3 only. ``force=True`` (UI) promotes whatever the rules say, needs an
+4. ``beats_baselines`` (``gate.baseline_rule``, on by default, when a ladder is given): rule 2's
+   paired test and tolerance (``gate.baseline_margin``) against the best baseline of the ladder
+   (highest mean daily RankIC@1d among ridge / 1d reversal / 20d low vol, fitted on the
+   candidate's own training rows, see atft_core.baselines); the record shows the ladder.
+   With ``gate.promote_baseline_if_better`` a rejected candidate's ``fallback`` holds the ridge's
+   own decision (same rules; its ladder is the other baselines): "promote" = publish the ridge.
+No champion: rules 1, 3 (and 4) only. ``force=True`` (UI) promotes whatever the rules say, needs an
 ``actor``, and is recorded (``forced``, ``decision_without_force``, the failed reasons).
 
 A champion that exists but cannot be evaluated (``champion=None`` with ``champion_unavailable``
@@ -64,6 +70,12 @@ class GateDecision:
     thresholds: dict[str, float]
     decided_at: str
     champion_unavailable: str | None = None  # a champion exists but could not be evaluated: why
+    # baseline ladder (rule 4): headline numbers per baseline, the best one and the paired test
+    ladder: dict[str, dict[str, float | None]] | None = None
+    best_baseline: str | None = None
+    baseline_comparison: dict[str, Any] | None = None
+    # gate.promote_baseline_if_better: the best fitted baseline's own decision when this one rejects
+    fallback: dict[str, Any] | None = None
 
     @property
     def promote(self) -> bool:
@@ -133,22 +145,25 @@ def _daily(who: str, d: Mapping[str, Any]) -> tuple[list[str], np.ndarray | None
 
 
 def _compare(candidate: Mapping[str, Any], champion: Mapping[str, Any],
-             cfg: GateConfig) -> tuple[bool, list[str], dict[str, Any]]:
+             cfg: GateConfig, who: str = "champion",
+             tolerance: float | None = None) -> tuple[bool, list[str], dict[str, Any]]:
+    """Rule 2 against ``champion`` (or, with ``who``/``tolerance``, against a baseline)."""
     from scipy import stats
 
+    tolerance = cfg.tolerance if tolerance is None else tolerance
     cd, cv, cprob = _daily("candidate", candidate)
-    hd, hv, hprob = _daily("champion", champion)
-    comp: dict[str, Any] = {"n_candidate_days": len(cd), "n_champion_days": len(hd),
-                            "tolerance": cfg.tolerance, "alpha": cfg.paired_alpha,
-                            "test": "scipy.stats.ttest_rel(candidate, champion, alternative='less')"}
+    hd, hv, hprob = _daily(who, champion)
+    comp: dict[str, Any] = {"n_candidate_days": len(cd), f"n_{who}_days": len(hd),
+                            "tolerance": tolerance, "alpha": cfg.paired_alpha,
+                            "test": f"scipy.stats.ttest_rel(candidate, {who}, alternative='less')"}
     if cprob or hprob:
         return False, cprob + hprob, comp
     assert cv is not None and hv is not None
     only_c, only_h = sorted(set(cd) - set(hd)), sorted(set(hd) - set(cd))
     if only_c or only_h:
-        comp.update(only_candidate=only_c[:10], only_champion=only_h[:10])
+        comp.update({"only_candidate": only_c[:10], f"only_{who}": only_h[:10]})
         return False, [f"holdout windows differ: {len(only_c)} dates only in candidate, "
-                       f"{len(only_h)} only in champion (e.g. {(only_c + only_h)[:3]})"], comp
+                       f"{len(only_h)} only in {who} (e.g. {(only_c + only_h)[:3]})"], comp
     if len(cd) < cfg.min_paired_days:
         return False, [f"only {len(cd)} common holdout days < min_paired_days "
                        f"{cfg.min_paired_days}"], comp
@@ -167,25 +182,47 @@ def _compare(candidate: Mapping[str, Any], champion: Mapping[str, Any],
         t_stat, p_value = float(res.statistic), float(res.pvalue)
     shortfall = -mean_diff
     significantly_worse = p_value < cfg.paired_alpha
-    beyond_tolerance = shortfall > cfg.tolerance
-    comp.update(n_common_days=len(order), candidate_mean_rank_ic=float(c.mean()),
-                champion_mean_rank_ic=float(h.mean()), mean_diff=mean_diff,
+    beyond_tolerance = shortfall > tolerance
+    comp.update({"n_common_days": len(order), "candidate_mean_rank_ic": float(c.mean()),
+                 f"{who}_mean_rank_ic": float(h.mean())})
+    comp.update(mean_diff=mean_diff,
                 mean_shortfall=shortfall, diff_std=float(diff.std(ddof=1)) if len(diff) > 1 else None,
                 t_stat=t_stat, p_value=p_value, significantly_worse=significantly_worse,
                 beyond_tolerance=beyond_tolerance)
     reasons = []
     if significantly_worse:
-        reasons.append(f"candidate significantly worse than champion on daily RankIC@1d "
+        reasons.append(f"candidate significantly worse than {who} on daily RankIC@1d "
                        f"(one-sided paired t={t_stat:.3f}, p={p_value:.4g} < {cfg.paired_alpha})")
     if beyond_tolerance:
         reasons.append(f"candidate mean daily RankIC@1d shortfall {shortfall:.5f} > tolerance "
-                       f"{cfg.tolerance}")
+                       f"{tolerance}" + (f" vs {who}" if who != "champion" else ""))
     return not reasons, reasons, comp
+
+
+def _ladder_rule(candidate: Mapping[str, Any], ladder: Mapping[str, Mapping[str, Any]],
+                 cfg: GateConfig) -> tuple[bool, list[str], dict[str, Any], str | None, dict]:
+    """Rule 4: rule 2's paired test + tolerance against the best baseline (by mean RankIC@1d)."""
+    table = {n: _summary(e) for n, e in ladder.items()}
+    scored = {n: v["rank_ic_1d"] for n, v in table.items()
+              if v["rank_ic_1d"] is not None and math.isfinite(v["rank_ic_1d"])}
+    if not scored:
+        return False, ["baseline ladder has no finite RankIC@1d: cannot show the candidate beats it"], \
+            {}, None, table
+    best = max(scored, key=lambda n: scored[n])
+    ok, why, comp = _compare(candidate, ladder[best], cfg, who=f"baseline {best}",
+                             tolerance=cfg.baseline_margin)
+    if not ok:
+        ranked = ", ".join(f"{n} {v:+.4f}" for n, v in sorted(scored.items(), key=lambda kv: -kv[1]))
+        cand = _num(candidate, "rank_ic_1d")
+        why = why + [f"baseline ladder (mean daily RankIC@1d): {ranked}; candidate "
+                     f"{cand if cand is None else format(cand, '+.4f')}"]
+    return ok, why, comp, best, table
 
 
 def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, cfg: GateConfig,
            force: bool = False, actor: str | None = None, *,
-           champion_unavailable: str | None = None) -> GateDecision:
+           champion_unavailable: str | None = None,
+           ladder: Mapping[str, Mapping[str, Any]] | None = None) -> GateDecision:
     """Apply SPEC 7 (see the module docstring for the exact rules).
 
     Args:
@@ -195,6 +232,8 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, cfg
         force: promote regardless (manual override); requires ``actor``; recorded.
         champion_unavailable: with ``champion=None``, why an existing champion could not be
             evaluated; the candidate is then rejected unless forced (see the module doc).
+        ladder: evaluation dicts of the baselines on the same holdout (``atft_core.baselines``),
+            by name; rule 4 applies when ``cfg.baseline_rule`` and a ladder is given.
     Returns:
         GateDecision (``.to_dict()`` is JSON-able).
     """
@@ -234,7 +273,25 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, cfg
         checks["not_worse"] = ok
         reasons += [w for w in why if w not in reasons]
 
+    best_baseline, baseline_comp, table = None, None, None
+    if ladder is not None:
+        table = {n: _summary(e) for n, e in ladder.items()}
+    if cfg.baseline_rule and ladder is not None:
+        ok, why, baseline_comp, best_baseline, table = _ladder_rule(candidate, ladder, cfg)
+        checks["beats_baselines"] = ok
+        reasons += [w for w in why if w not in reasons]
+
     base = "promote" if all(v is not False for v in checks.values()) else "reject"
+    fallback = None
+    if base == "reject" and not force and cfg.promote_baseline_if_better and ladder \
+            and "ridge" in ladder:
+        # the served signal is never worse than the ladder: the ridge faces the same gate
+        # (thresholds, sanity, the champion, the other baselines)
+        others = {n: e for n, e in ladder.items() if n != "ridge"}
+        fb = decide(ladder["ridge"], champion, cfg.model_copy(update={"promote_baseline_if_better": False}),
+                    champion_unavailable=champion_unavailable, ladder=others or None)
+        fallback = {"baseline": "ridge", "decision": fb.decision, "reasons": list(fb.reasons),
+                    "checks": fb.checks}
     if force:
         reasons.append(f"forced promotion by {actor}" + (" overriding a reject" if base ==
                                                         "reject" else ""))
@@ -251,6 +308,10 @@ def decide(candidate: Mapping[str, Any], champion: Mapping[str, Any] | None, cfg
         thresholds=cfg.model_dump(),
         decided_at=datetime.now(UTC).isoformat(),
         champion_unavailable=champion_unavailable,
+        ladder=table,
+        best_baseline=best_baseline,
+        baseline_comparison=baseline_comp,
+        fallback=fallback,
     )
 
 

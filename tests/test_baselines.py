@@ -1,0 +1,215 @@
+"""Baseline ladder (issue 13): ridge vs an independent solver, fitted on the train rows only
+(leakage test), factors and ridge on the model's own rows, the gate's ladder rule and the ridge
+fallback published as champion and scored through load_scorer."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from atft_core.baselines import (
+    factor_frame, fit_ridge, load_scorer, predict_panel, read_ridge, run_family, run_ladder,
+    solve_ridge, write_ridge_run,
+)
+from atft_core.config import Config, GateConfig, apply_overrides
+from atft_core.data.synthetic import generate_market
+from atft_core.dataset import build_panel, make_splits
+from atft_core.features import build_features
+from atft_core.gate import decide
+
+CFG = apply_overrides(Config(), [
+    "data.synthetic.n_stocks=40", "data.synthetic.n_days=160", "data.synthetic.signal=own",
+    "data.synthetic.seed=5", "split.val_days=15", "split.holdout_days=15", "dataset.lookback=8",
+    "graph.corr_window=20", "graph.k=4", "features.min_history=10", "model.hidden_size=16",
+    "model.vsn_hidden=8", "model.vsn_feature_dim=4", "model.attn_heads=2", "model.gat_heads=2",
+    "train.precision=fp32",
+])
+
+
+@pytest.fixture(scope="module")
+def feats() -> pl.DataFrame:
+    return build_features(generate_market(CFG.data.synthetic, CFG.horizons).quotes, CFG)
+
+
+@pytest.fixture(scope="module")
+def panel(feats):
+    return build_panel(feats, CFG)
+
+
+@pytest.fixture(scope="module")
+def splits(panel):
+    return make_splits(list(panel.dates), CFG)
+
+
+# --------------------------------------------------------------------------- ridge
+def test_solve_ridge_equals_augmented_least_squares():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 6))
+    y = x @ rng.standard_normal((6, 2)) + 0.3 + rng.standard_normal((300, 2))
+    mask = rng.random((300, 2)) > 0.2
+    coef, icpt = solve_ridge(x, y, mask, alpha=7.0)
+    for j in range(2):
+        m = mask[:, j]
+        # reference: ridge = least squares on [X 1; sqrt(a) I 0] (intercept unpenalised)
+        xa = np.concatenate([x[m], np.ones((m.sum(), 1))], 1)
+        aug = np.concatenate([xa, np.concatenate([np.sqrt(7.0) * np.eye(6), np.zeros((6, 1))], 1)])
+        b = np.linalg.lstsq(aug, np.concatenate([y[m, j], np.zeros(6)]), rcond=None)[0]
+        np.testing.assert_allclose(coef[:, j], b[:6], rtol=1e-9, atol=1e-10)
+        assert icpt[j] == pytest.approx(b[6], rel=1e-9, abs=1e-10)
+    with pytest.raises(ValueError, match="labelled training rows"):
+        solve_ridge(x[:5], y[:5], mask[:5], 1.0)
+
+
+def _perturbed(panel, dates, seed: int):
+    """Panel whose features AND targets on ``dates`` are replaced by noise."""
+    t = torch.from_numpy(panel.date_index(dates))
+    g = torch.Generator().manual_seed(seed)
+    x, y, yr = panel.x.clone(), panel.y.clone(), panel.y_raw.clone()
+    x[:, t] = torch.randn(x[:, t].shape, generator=g)
+    y[:, t] = torch.randn(y[:, t].shape, generator=g)
+    yr[:, t] = torch.randn(yr[:, t].shape, generator=g) * 0.05
+    return dataclasses.replace(panel, x=x, y=y, y_raw=yr, graph_cache={})
+
+
+def test_ladder_fit_ignores_holdout_rows_but_not_train_rows(panel, splits):
+    """Leakage test: the ridge sees exactly the train rows (alpha from val)."""
+    a = fit_ridge(panel, splits.train, splits.val, CFG.gate.ridge_alphas)
+    b = fit_ridge(_perturbed(panel, splits.holdout, 1), splits.train, splits.val, CFG.gate.ridge_alphas)
+    np.testing.assert_array_equal(a.coef, b.coef)
+    np.testing.assert_array_equal(a.intercept, b.intercept)
+    assert a.alpha == b.alpha and a.n_train_rows == b.n_train_rows > 0
+    c = fit_ridge(_perturbed(panel, splits.train[:10], 2), splits.train, splits.val, (a.alpha,))
+    assert np.abs(c.coef - a.coef).max() > 1e-4  # the test can fail: train rows do matter
+    # the reported number of rows is the usable labelled 1d rows of the train dates
+    t = panel.date_index(splits.train)
+    assert a.n_train_rows == int(panel.mask[:, t, 0].sum())
+
+
+def test_alpha_is_the_val_argmax(panel, splits):
+    from atft_core.evaluate import daily_metrics
+
+    alphas = (0.01, 100.0, 1e6)
+    r = fit_ridge(panel, splits.train, splits.val, alphas)
+    scores = {}
+    for a in alphas:
+        m = fit_ridge(panel, splits.train, splits.val, (a,))
+        scores[a] = daily_metrics(predict_panel(m, panel, splits.val), (1,))["rank_ic_1d"].mean()
+    assert r.alpha == max(scores, key=scores.get)
+    assert r.val_rank_ic_1d == pytest.approx(scores[r.alpha])
+
+
+def test_ladder_scores_the_models_rows(panel, splits, feats):
+    """Ridge/factor frames hold exactly the rows (Date, Code, y) of the model's predictions."""
+    from atft_core.train.api import build_model, predict_window
+
+    model = build_model(CFG, len(panel.feature_names))
+    mframe = predict_window(model, panel, CFG, splits.holdout, "cpu").frame()
+    lad = run_ladder(panel, splits.train, splits.val, splits.holdout, CFG)
+    assert set(lad.evaluations) == {"ridge", "reversal_1d", "low_vol_20d"}
+    keys = ["Date", "Code", *(f"y_{h}d" for h in CFG.horizons)]
+    for name, frame in lad.frames.items():
+        assert frame.select(keys).equals(mframe.select(keys)), name
+        assert lad.evaluations[name]["n_days"] == len(splits.holdout)
+    # factor = minus the feature of that stock-day (from the features frame, independently)
+    rev = factor_frame(panel, splits.holdout, "ret_1d", -1.0)
+    ref = rev.join(feats.select("Date", "Code", "ret_1d"), on=["Date", "Code"], how="left")
+    np.testing.assert_allclose(ref["pred_1d"].to_numpy(),
+                               -ref["ret_1d"].fill_null(0.0).to_numpy(), rtol=1e-6, atol=1e-6)
+    # the ridge learns the planted "own" signal: clearly positive out of sample
+    assert lad.evaluations["ridge"]["rank_ic_1d"] > 0.0
+    s = lad.summary()
+    assert s["best"] in lad.evaluations and s["ridge_alpha"] in CFG.gate.ridge_alphas
+
+
+# --------------------------------------------------------------------------- gate rule
+def _eval(daily, start=dt.date(2024, 1, 4)) -> dict:
+    days = [(start + dt.timedelta(days=i)).isoformat() for i in range(len(daily))]
+    return {"rank_ic_1d": float(np.mean(daily)), "sharpe_1d": 1.0, "coverage": 1.0,
+            "pred_std_1d": 0.01, "n_days": len(daily),
+            "daily": {"date": days, "rank_ic_1d": [float(v) for v in daily]}}
+
+
+RNG = np.random.default_rng(3)
+RIDGE = 0.04 + 0.02 * RNG.standard_normal(60)
+LOWVOL = 0.02 + 0.02 * RNG.standard_normal(60)
+GCFG = GateConfig(min_rank_ic=0.0, min_sharpe=0.0)
+
+
+def test_candidate_below_the_ridge_is_rejected_with_the_ladder_in_the_reasons():
+    ladder = {"ridge": _eval(RIDGE), "low_vol_20d": _eval(LOWVOL)}
+    d = decide(_eval(RIDGE - 0.02), None, GCFG, ladder=ladder)
+    assert d.decision == "reject" and d.checks["beats_baselines"] is False
+    assert d.best_baseline == "ridge"
+    assert any("baseline ridge" in r for r in d.reasons)
+    assert any(r.startswith("baseline ladder (mean daily RankIC@1d): ridge") for r in d.reasons)
+    assert d.baseline_comparison["mean_shortfall"] == pytest.approx(0.02)
+    assert d.baseline_comparison["tolerance"] == GCFG.baseline_margin
+    assert set(d.to_dict()["ladder"]) == {"ridge", "low_vol_20d"}
+    assert d.fallback is None  # option off by default
+
+
+def test_candidate_at_or_above_the_ladder_passes_and_rule_can_be_switched_off():
+    ladder = {"ridge": _eval(RIDGE), "low_vol_20d": _eval(LOWVOL)}
+    ok = decide(_eval(RIDGE + 0.001 * RNG.standard_normal(60)), None, GCFG, ladder=ladder)
+    assert ok.decision == "promote" and ok.checks["beats_baselines"] is True
+    off = decide(_eval(RIDGE - 0.02), None, GCFG.model_copy(update={"baseline_rule": False}),
+                 ladder=ladder)
+    assert off.decision == "promote" and "beats_baselines" not in off.checks
+    assert off.ladder is not None  # still shown in the record
+    # within the margin, not significant: passes (same semantics as the champion rule)
+    near = decide(_eval(RIDGE - 0.004 + 0.01 * RNG.standard_normal(60)), None,
+                  GCFG.model_copy(update={"baseline_margin": 0.01}), ladder=ladder)
+    assert near.baseline_comparison["mean_shortfall"] < 0.01
+    assert near.checks["beats_baselines"] is (not near.baseline_comparison["significantly_worse"])
+
+
+# --------------------------------------------------------------------------- ridge as champion
+def test_fallback_ridge_published_as_champion_and_scored_through_load_scorer(panel, splits, feats,
+                                                                             tmp_path):
+    from atft_core.evaluate import evaluate_predictions
+    from atft_core.registry import Registry
+
+    lad = run_ladder(panel, splits.train, splits.val, splits.holdout, CFG)
+    ridge_eval = lad.evaluations["ridge"]
+    weak = dict(ridge_eval, rank_ic_1d=ridge_eval["rank_ic_1d"] - 0.05,
+                daily=dict(ridge_eval["daily"], rank_ic_1d=[
+                    v - 0.05 for v in ridge_eval["daily"]["rank_ic_1d"]]))
+    gcfg = GCFG.model_copy(update={"promote_baseline_if_better": True})
+    d = decide(weak, None, gcfg, ladder={"ridge": ridge_eval})
+    assert d.decision == "reject" and d.fallback["baseline"] == "ridge"
+    assert d.fallback["decision"] == "promote", d.fallback
+    # a ridge that another baseline beats is not served either (never worse than the ladder)
+    better = dict(ridge_eval, daily=dict(ridge_eval["daily"], rank_ic_1d=[
+        v + 0.05 for v in ridge_eval["daily"]["rank_ic_1d"]]))
+    d2 = decide(weak, None, gcfg, ladder={"ridge": ridge_eval, "low_vol_20d": better})
+    assert d2.fallback["decision"] == "reject"
+    assert any("baseline low_vol_20d" in r for r in d2.fallback["reasons"])
+
+    run_dir = write_ridge_run(lad.ridge, CFG, tmp_path / "ridge-run")
+    assert run_family(run_dir) == "ridge"
+    back = read_ridge(run_dir)
+    np.testing.assert_array_equal(back.coef, lad.ridge.coef)
+    with pytest.raises(ValueError, match="not empty"):
+        write_ridge_run(lad.ridge, CFG, run_dir)
+    reg = Registry(f"file://{tmp_path / 'registry'}", cache_dir=tmp_path / "cache")
+    reg.publish(run_dir, "ridge-001")
+    reg.promote("ridge-001", reason="ridge fallback", actor="test", gate=d.to_dict())
+    scorer = load_scorer(reg.load_champion())
+    assert scorer.family == "ridge" and scorer.horizons == tuple(CFG.horizons)
+    got = scorer(feats, splits.holdout)
+    want = lad.frames["ridge"].select(got.columns)
+    assert got.sort("Date", "Code").equals(want.sort("Date", "Code"))
+    # default: the serving day only
+    last = scorer(feats)
+    assert last["Date"].unique().to_list() == [panel.dates[-1]] and last.height > 0
+    # same numbers as the ladder's evaluation when joined with the realised targets
+    ev = evaluate_predictions(got.join(lad.frames["ridge"].select(
+        "Date", "Code", *(f"y_{h}d" for h in CFG.horizons)), on=["Date", "Code"]), CFG.horizons)
+    assert ev["rank_ic_1d"] == pytest.approx(ridge_eval["rank_ic_1d"])
+    with pytest.raises(ValueError, match="lacks the model's feature"):
+        scorer(feats.drop("ret_1d"))
