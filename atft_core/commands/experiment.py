@@ -108,6 +108,7 @@ def run_experiment(args) -> int:
     from atft_core.train.api import as_panel
 
     _logging()
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO floods the log
     train_end = _date(args.train_end, "--train-end")
     eval_start = _date(args.eval_start, "--eval-start")
     data_end = _date(args.data_end, "--data-end")
