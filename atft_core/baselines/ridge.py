@@ -69,25 +69,33 @@ def _design(panel, dates: Sequence[dt.date]) -> tuple[np.ndarray, np.ndarray, np
     return x, y, m
 
 
-def solve_ridge(x: np.ndarray, y: np.ndarray, mask: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Closed-form ridge per horizon over its masked rows; intercept not penalised.
+def solve_ridge_path(x: np.ndarray, y: np.ndarray, mask: np.ndarray,
+                     alphas: Sequence[float]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Closed-form ridge per horizon over its masked rows for each alpha; intercept not
+    penalised. The Gram matrices are formed once per horizon and reused for every alpha.
 
-    Shapes: x (N, F), y (N, H), mask (N, H) -> coef (F, H), intercept (H,)."""
+    Shapes: x (N, F), y (N, H), mask (N, H) -> per alpha (coef (F, H), intercept (H,))."""
     n, f = x.shape
     xa = np.concatenate([x, np.ones((n, 1))], axis=1)  # (N, F+1)
-    pen = alpha * np.eye(f + 1)
-    pen[f, f] = 0.0
-    coef = np.zeros((f, y.shape[1]))
-    icpt = np.zeros(y.shape[1])
+    out = [(np.zeros((f, y.shape[1])), np.zeros(y.shape[1])) for _ in alphas]
     for j in range(y.shape[1]):
         m = mask[:, j]
         if m.sum() <= f + 1:
             raise ValueError(f"ridge: only {int(m.sum())} labelled training rows for horizon "
                              f"index {j}; need more than {f + 1}")
         xm = xa[m]
-        b = np.linalg.solve(xm.T @ xm + pen, xm.T @ y[m, j])
-        coef[:, j], icpt[j] = b[:f], b[f]
-    return coef, icpt
+        gram, xty = xm.T @ xm, xm.T @ y[m, j]
+        for k, alpha in enumerate(alphas):
+            pen = alpha * np.eye(f + 1)
+            pen[f, f] = 0.0
+            b = np.linalg.solve(gram + pen, xty)
+            out[k][0][:, j], out[k][1][j] = b[:f], b[f]
+    return out
+
+
+def solve_ridge(x: np.ndarray, y: np.ndarray, mask: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`solve_ridge_path` for one alpha."""
+    return solve_ridge_path(x, y, mask, [alpha])[0]
 
 
 def panel_frame(panel, dates: Sequence[dt.date], pred: np.ndarray,
@@ -137,8 +145,7 @@ def fit_ridge(panel, train_dates: Sequence[dt.date], val_dates: Sequence[dt.date
     x, y, m = _design(panel, train_dates)
     h0 = tuple(panel.horizons)[0]
     best: tuple[float, float, np.ndarray, np.ndarray] | None = None
-    for alpha in alphas:
-        coef, icpt = solve_ridge(x, y, m, float(alpha))
+    for alpha, (coef, icpt) in zip(alphas, solve_ridge_path(x, y, m, [float(a) for a in alphas])):
         cand = RidgeModel(coef, icpt, tuple(panel.feature_names), tuple(panel.horizons),
                           float(alpha), None, int(m[:, 0].sum()))
         daily = daily_metrics(predict_panel(cand, panel, val_dates), (h0,))

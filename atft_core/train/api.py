@@ -229,7 +229,7 @@ def evaluate_run_dir(run_dir: str | Path, data: Any, window: str = "holdout",
 # --------------------------------------------------------------------------- run dir
 # What train_run writes into a run dir (report.py adds *.png); anything else is not ours.
 RUN_DIR_FILES = frozenset({"config.yaml", "metrics.json", "metrics.jsonl", "model.safetensors",
-                           "report.md", "checkpoints"})
+                           "report.md", "checkpoints", "tensorboard"})
 
 
 class RunDirError(ValueError):
@@ -367,6 +367,10 @@ def train_run(
     }
     metrics_path = atomic_write_text(run_dir / "metrics.json",
                                      json.dumps(json_safe(summary), indent=2, sort_keys=False))
+    from atft_core.train.tensorboard import write_hparams
+
+    # hparams with the final numbers: the holdout when evaluated (HPO trials: the best val)
+    write_hparams(run_dir, cfg, holdout or best_metrics)
     if write_report:
         from atft_core.train.report import write_report as _write_report
 

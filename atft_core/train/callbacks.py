@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -105,9 +106,17 @@ class Progress:
 
             yield from tqdm(it, total=total, desc=desc, leave=False, dynamic_ncols=True)
             return
+        # a line every log_every batches or every 60 s: batch, stock-days/s and the epoch's ETA
+        t0 = last = time.perf_counter()
+        done = 0
         for i, item in enumerate(it):
-            if self.log_every and i and i % self.log_every == 0:
-                log.info("%s: batch %d/%d", desc, i, total)
+            now = time.perf_counter()
+            if i and ((self.log_every and i % self.log_every == 0) or now - last >= 60.0):
+                rate = done / (now - t0) if now > t0 else float("nan")
+                eta = (now - t0) / i * max(total - i, 0)
+                log.info("%s: batch %d/%d, %.0f stock-days/s, epoch ETA %.0fs", desc, i, total, rate, eta)
+                last = now
+            done += int(getattr(item, "num_stock_days", 0))
             yield item
 
     @staticmethod
