@@ -144,7 +144,17 @@ class ModelConfig(_Section):
     gat_layers: int = Field(2, ge=1, le=4)
     fan_top_k: int = Field(3, ge=1, le=32)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # No loss trains quantile heads (issue 13, "no untrained outputs"): a non-empty tuple would add
+    # untrained outputs to the model, so the config refuses it until a pinball loss exists.
     quantiles: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...] = ()
+
+    @field_validator("quantiles")
+    @classmethod
+    def _no_untrained_quantiles(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if v:
+            raise ValueError("quantile heads are not trained by any loss (no pinball loss yet); "
+                             "leave model.quantiles empty")
+        return v
 
 
 # --------------------------------------------------------------------------- losses

@@ -156,6 +156,18 @@ def run_experiment(args) -> int:
     log.info("ladder (%.0fs): %s", walls["ladder"], {n: e.get("rank_ic_1d") for n, e in ladder.evaluations.items()})
 
     seed_frames = []
+
+    def control() -> None:
+        log.info("shuffled-label control: training")
+        t0 = time.perf_counter()
+        sp = shuffled_panel(panel, seed=cfg.train.seed + 1000)
+        cpreds, runs["control"] = train_and_predict(cfg, sp, panel, splits, out / "run_control")
+        walls["control"] = time.perf_counter() - t0
+        cpreds.write_parquet(out / "preds_control.parquet")
+        results["control: shuffled labels"] = evaluate_predictions(cpreds, horizons)
+        log.info("control: holdout RankIC@1d %s (%.0fs)", results["control: shuffled labels"].get(
+            "rank_ic_1d"), walls["control"])
+
     for i in range(args.seeds):
         seed = cfg.train.seed + i
         scfg = apply_overrides(cfg, {"train.seed": seed})
@@ -168,18 +180,12 @@ def run_experiment(args) -> int:
         seed_frames.append(preds)
         log.info("model seed %d: holdout RankIC@1d %s (%.0fs)", seed,
                  results[f"ATFT seed {seed}"].get("rank_ic_1d"), walls[f"model seed {seed}"])
+        if i == 0 and not args.skip_control:
+            control()  # right after the first seed: a cut-short run still has its control
         _write(out, args, cfg, data_info, split_info, runs, results, walls, time.perf_counter() - t_all,
                partial=True)
     if len(seed_frames) > 1:
         results["ATFT seed ensemble"] = evaluate_predictions(rank_ensemble(seed_frames, horizons), horizons)
-    if not args.skip_control:
-        log.info("shuffled-label control: training")
-        t0 = time.perf_counter()
-        sp = shuffled_panel(panel, seed=cfg.train.seed + 1000)
-        cpreds, runs["control"] = train_and_predict(cfg, sp, panel, splits, out / "run_control")
-        walls["control"] = time.perf_counter() - t0
-        cpreds.write_parquet(out / "preds_control.parquet")
-        results["control: shuffled labels"] = evaluate_predictions(cpreds, horizons)
     seed_keys = [k for k in results if k.startswith("ATFT seed ") and k != "ATFT seed ensemble"]
     summary = {k: mean_std([results[s].get(k) for s in seed_keys]) for k in TABLE_KEYS}
     _write(out, args, cfg, data_info, split_info, runs, results, walls, time.perf_counter() - t_all,

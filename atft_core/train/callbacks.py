@@ -263,6 +263,16 @@ class MetricsLine(EpochEndCallback):
         tr.progress.epoch(state.rec, tr.monitor)
 
 
+class TensorBoardEpoch(EpochEndCallback):
+    """The epoch record's scalars into ``{run_dir}/tensorboard`` (same values as metrics.jsonl)."""
+
+    name = "tensorboard"
+    main_process_only = True
+
+    def on_epoch_end(self, state: Any) -> None:
+        state.trainer.tensorboard.epoch(state.rec)
+
+
 class UserHook(EpochEndCallback):
     """The caller's ``on_epoch_end(record)`` (e.g. the Pushgateway metrics hook); gets a copy."""
 
@@ -303,4 +313,4 @@ class PhaseSwitch(EpochEndCallback):
 def default_epoch_end_callbacks() -> list[EpochEndCallback]:
     """The order exact resume needs (see :mod:`atft_core.train.loop`)."""
     return [Validate(), PlateauLR(), EarlyStop(), BestWeights(), CommitEpoch(), Checkpoint(),
-            MetricsLine(), UserHook(), PruneHook(), PhaseSwitch()]
+            MetricsLine(), TensorBoardEpoch(), UserHook(), PruneHook(), PhaseSwitch()]

@@ -57,6 +57,7 @@ from atft_core.train.callbacks import (
     Progress,
     default_epoch_end_callbacks,
 )
+from atft_core.train.tensorboard import TensorBoardLogger
 from atft_core.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -257,6 +258,7 @@ class Trainer:
         self.early = EarlyStopping(self.tc.early_stopping)
         self.guard = NanGuard(self.tc.nan_guard)
         self.jsonl = JsonlLogger(self.run_dir / "metrics.jsonl")
+        self.tensorboard = TensorBoardLogger(self.run_dir)  # the TensorBoardEpoch callback writes it
         self.state = LoopState()
         self.callbacks = callbacks if callbacks is not None else default_epoch_end_callbacks()
         self.config_sha256 = identity_sha256(cfg)
@@ -500,6 +502,7 @@ class Trainer:
                     self.early.reset()
             self._run_epoch(phase)
         self.dist.barrier()
+        self.tensorboard.close()
         return FitResult(
             best_value=s.best_value, best=s.best, history=s.history,
             nan_steps=self.guard.stats.skipped_steps, nan_restores=self.guard.stats.restores,
