@@ -213,3 +213,20 @@ def test_fallback_ridge_published_as_champion_and_scored_through_load_scorer(pan
     assert ev["rank_ic_1d"] == pytest.approx(ridge_eval["rank_ic_1d"])
     with pytest.raises(ValueError, match="lacks the model's feature"):
         scorer(feats.drop("ret_1d"))
+
+
+def test_candidate_ladder_uses_the_trainers_windows_and_writes_a_publishable_ridge(feats, panel,
+                                                                                   splits, tmp_path):
+    from atft_core.baselines import candidate_ladder
+    from atft_core.registry import Registry
+    from atft_core.train.api import window_dates
+
+    out = candidate_ladder(feats, CFG, ridge_dir=tmp_path / "ridge")
+    hold = window_dates(panel, CFG, "holdout")  # what evaluate_run_dir scores the candidate on
+    assert out["evaluations"]["ridge"]["daily"]["date"] == [d.isoformat() for d in hold]
+    assert out["window"]["train"] == [str(splits.train[0]), str(splits.train[-1])]
+    ref = fit_ridge(panel, splits.train, splits.val, CFG.gate.ridge_alphas)
+    np.testing.assert_array_equal(read_ridge(tmp_path / "ridge").coef, ref.coef)
+    reg = Registry(f"file://{tmp_path / 'reg'}", cache_dir=tmp_path / "cache")
+    res = reg.publish(tmp_path / "ridge", "r1")  # runcheck accepts the ridge run dir
+    assert {f.name for f in res.manifest.files} == {"config.yaml", "metrics.json", "model.safetensors"}

@@ -85,3 +85,27 @@ def run_ladder(panel, train: Sequence[dt.date], val: Sequence[dt.date],
         frames[name] = factor_frame(panel, holdout, col, sign)
     evals = {n: evaluate_predictions(f, horizons) for n, f in frames.items()}
     return Ladder(ridge=ridge, evaluations=evals, frames=frames, notes=notes)
+
+
+def candidate_ladder(frame: pl.DataFrame, cfg: Config, ridge_dir=None) -> dict[str, Any]:
+    """The nightly ladder for a candidate trained by ``train_run(cfg, frame)``: the SAME panel and
+    ``make_splits`` windows as the trainer (train rows fit, val picks alpha) and the holdout that
+    ``evaluate_run_dir(..., window="holdout")`` scores. With ``ridge_dir`` the fitted ridge is
+    also written there as a publishable run directory (family "ridge").
+
+    Returns JSON-able ``{"evaluations": {name: evaluate_predictions dict}, "summary": ...,
+    "ridge_run_dir": str | None, "window": {...}}``."""
+    from atft_core.baselines.ridge import write_ridge_run
+    from atft_core.dataset import make_splits
+    from atft_core.train.api import as_panel
+
+    panel = as_panel(frame, cfg)
+    splits = make_splits(list(panel.dates), cfg)
+    lad = run_ladder(panel, splits.train, splits.val, splits.holdout, cfg)
+    if ridge_dir is not None:
+        ridge_eval = {k: v for k, v in lad.evaluations["ridge"].items() if k != "daily"}
+        write_ridge_run(lad.ridge, cfg, ridge_dir, extra_metrics={"holdout": ridge_eval})
+    return {"evaluations": lad.evaluations, "summary": lad.summary(),
+            "ridge_run_dir": str(ridge_dir) if ridge_dir is not None else None,
+            "window": {"train": [str(splits.train[0]), str(splits.train[-1])],
+                       "holdout": [str(splits.holdout[0]), str(splits.holdout[-1])]}}

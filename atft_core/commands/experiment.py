@@ -42,6 +42,8 @@ def register(sub) -> None:
     p.add_argument("--eval-every", type=int, default=1,
                    help="score every Nth labelled eval day only (all models on the same days; "
                         "a CPU budget option, 1 = every day)")
+    p.add_argument("--ladder-only", action="store_true",
+                   help="only the baseline ladder (no model, no control): a quick reference")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.set_defaults(func=_run)
 
@@ -155,6 +157,10 @@ def run_experiment(args) -> int:
     runs["ladder"] = ladder.summary()
     log.info("ladder (%.0fs): %s", walls["ladder"], {n: e.get("rank_ic_1d") for n, e in ladder.evaluations.items()})
 
+    if args.ladder_only:
+        _write(out, args, cfg, data_info, split_info, runs, results, walls,
+               time.perf_counter() - t_all, partial=False)
+        return 0
     seed_frames = []
 
     def control() -> None:
