@@ -76,6 +76,7 @@ def _perturbed(panel, dates, seed: int):
     return dataclasses.replace(panel, x=x, y=y, y_raw=yr, graph_cache={})
 
 
+@pytest.mark.slow
 def test_ladder_fit_ignores_holdout_rows_but_not_train_rows(panel, splits):
     """Leakage test: the ridge sees exactly the train rows (alpha from val)."""
     a = fit_ridge(panel, splits.train, splits.val, CFG.gate.ridge_alphas)
@@ -90,6 +91,7 @@ def test_ladder_fit_ignores_holdout_rows_but_not_train_rows(panel, splits):
     assert a.n_train_rows == int(panel.mask[:, t, 0].sum())
 
 
+@pytest.mark.slow
 def test_alpha_is_the_val_argmax(panel, splits):
     from atft_core.evaluate import daily_metrics
 
@@ -103,6 +105,7 @@ def test_alpha_is_the_val_argmax(panel, splits):
     assert r.val_rank_ic_1d == pytest.approx(scores[r.alpha])
 
 
+@pytest.mark.slow
 def test_ladder_scores_the_models_rows(panel, splits, feats):
     """Ridge/factor frames hold exactly the rows (Date, Code, y) of the model's predictions."""
     from atft_core.train.api import build_model, predict_window
@@ -169,6 +172,7 @@ def test_candidate_at_or_above_the_ladder_passes_and_rule_can_be_switched_off():
 
 
 # --------------------------------------------------------------------------- ridge as champion
+@pytest.mark.slow
 def test_fallback_ridge_published_as_champion_and_scored_through_load_scorer(panel, splits, feats,
                                                                              tmp_path):
     from atft_core.evaluate import evaluate_predictions
@@ -215,6 +219,7 @@ def test_fallback_ridge_published_as_champion_and_scored_through_load_scorer(pan
         scorer(feats.drop("ret_1d"))
 
 
+@pytest.mark.slow
 def test_candidate_ladder_uses_the_trainers_windows_and_writes_a_publishable_ridge(feats, panel,
                                                                                    splits, tmp_path):
     from atft_core.baselines import candidate_ladder
