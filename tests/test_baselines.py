@@ -13,8 +13,15 @@ import pytest
 import torch
 
 from atft_core.baselines import (
-    factor_frame, fit_ridge, load_scorer, predict_panel, read_ridge, run_family, run_ladder,
-    solve_ridge, write_ridge_run,
+    factor_frame,
+    fit_ridge,
+    load_scorer,
+    predict_panel,
+    read_ridge,
+    run_family,
+    run_ladder,
+    solve_ridge,
+    write_ridge_run,
 )
 from atft_core.config import Config, GateConfig, apply_overrides
 from atft_core.data.synthetic import generate_market

@@ -69,7 +69,7 @@ def test_hparams_carry_the_holdout_metrics(run):
     content = acc.PluginTagToContent("hparams")
     assert content, "no hparams entry"
     found = {}
-    for tag, blob in content.items():
+    for blob in content.values():
         data = plugin_data_pb2.HParamsPluginData.FromString(blob)
         if data.HasField("session_start_info"):
             found.update({k: v for k, v in data.session_start_info.hparams.items()})

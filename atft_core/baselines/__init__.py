@@ -2,7 +2,15 @@
 ridge's run-directory artifact, and ``load_scorer`` -- the one scoring entry point of every family."""
 
 from atft_core.baselines.ladder import FACTORS, Ladder, candidate_ladder, factor_frame, run_ladder
-from atft_core.baselines.ridge import RIDGE_FAMILY, RidgeModel, fit_ridge, predict_panel, read_ridge, solve_ridge, write_ridge_run
+from atft_core.baselines.ridge import (
+           RIDGE_FAMILY,
+           RidgeModel,
+           fit_ridge,
+           predict_panel,
+           read_ridge,
+           solve_ridge,
+           write_ridge_run,
+)
 from atft_core.baselines.scorer import FAMILIES, Scorer, load_scorer, run_family
 
 __all__ = ["FACTORS", "FAMILIES", "RIDGE_FAMILY", "Ladder", "RidgeModel", "Scorer", "candidate_ladder", "factor_frame",

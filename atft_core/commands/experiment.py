@@ -102,15 +102,19 @@ def _load(args, cfg, out: Path):
 
 
 def run_experiment(args) -> int:
-    import numpy as np
     import torch
 
     from atft_core.baselines import run_ladder
     from atft_core.commands.train import _logging
     from atft_core.config import apply_overrides, load_config
     from atft_core.evaluate import evaluate_predictions
-    from atft_core.experiment import (LEAKAGE_RANK_IC_1D, experiment_splits, mean_std,
-                                      rank_ensemble, shuffled_panel, train_and_predict)
+    from atft_core.experiment import (
+        experiment_splits,
+        mean_std,
+        rank_ensemble,
+        shuffled_panel,
+        train_and_predict,
+    )
     from atft_core.train.api import as_panel
 
     _logging()
@@ -196,7 +200,6 @@ def run_experiment(args) -> int:
     summary = {k: mean_std([results[s].get(k) for s in seed_keys]) for k in TABLE_KEYS}
     _write(out, args, cfg, data_info, split_info, runs, results, walls, time.perf_counter() - t_all,
            partial=False, seed_summary=summary)
-    del np
     return 0
 
 

@@ -57,7 +57,6 @@ from atft_core.train.callbacks import (
     Progress,
     default_epoch_end_callbacks,
 )
-from atft_core.train.tensorboard import TensorBoardLogger
 from atft_core.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -71,6 +70,7 @@ from atft_core.train.nan_guard import NanGuard
 from atft_core.train.phases import resolve_phases
 from atft_core.train.predict import Predictions, autocast_ctx, predict_loader, quick_metrics
 from atft_core.train.scheduler import LRController
+from atft_core.train.tensorboard import TensorBoardLogger
 
 log = logging.getLogger("atft.train")
 
