@@ -47,6 +47,12 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.set_defaults(func=_run)
 
+    c = sub.add_parser("experiment-combine",
+                       help="merge the seed runs of experiment dirs with the same data/splits")
+    c.add_argument("out", help="experiment dir to complete (its results.json is rewritten)")
+    c.add_argument("extra", nargs="+", help="experiment dirs holding more seeds (preds_seed*.parquet)")
+    c.set_defaults(func=_combine)
+
 
 def _date(s: str, flag: str) -> dt.date:
     try:
@@ -285,3 +291,59 @@ def _write(out: Path, args, cfg, data_info, split_info, runs, results, walls, to
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     print(table)
     log.info("wrote %s and %s (%.0fs so far)", out / "results.json", out / "report.md", total_s)
+
+
+def _combine(args) -> int:
+    """Seeds run in parallel processes (a loaded machine) -> one table: same splits and config
+    but the seed, checked; seed results re-evaluated from the predictions files."""
+    import argparse
+
+    import polars as pl
+
+    from atft_core.commands.train import _logging
+    from atft_core.config import from_dict
+    from atft_core.evaluate import evaluate_predictions
+    from atft_core.experiment import mean_std, rank_ensemble
+
+    _logging()
+    out = Path(args.out)
+    try:
+        base = json.loads((out / "results.json").read_text())
+        extras = [(Path(d), json.loads((Path(d) / "results.json").read_text())) for d in args.extra]
+    except (OSError, ValueError) as err:
+        print(f"atft experiment-combine: cannot read results.json: {err}", file=sys.stderr)
+        return 2
+
+    def strip(cfg: dict) -> dict:
+        return {k: v for k, v in cfg.items() if k != "train"} | {
+            "train": {k: v for k, v in cfg["train"].items() if k != "seed"}}
+
+    for d, e in extras:
+        if e["splits"] != base["splits"] or strip(e["config"]) != strip(base["config"]):
+            print(f"atft experiment-combine: {d} has other splits or config than {out}", file=sys.stderr)
+            return 2
+    cfg = from_dict(base["config"])
+    horizons = tuple(cfg.horizons)
+    results = {k: dict(v, daily=base["daily"].get(k)) for k, v in base["results"].items()
+               if not k.startswith("ATFT seed")}
+    frames = {}
+    for d in [out] + [d for d, _ in extras]:
+        for f in sorted(d.glob("preds_seed*.parquet")):
+            seed = int(f.stem.removeprefix("preds_seed"))
+            if seed in frames:
+                print(f"atft experiment-combine: seed {seed} appears twice ({f})", file=sys.stderr)
+                return 2
+            frames[seed] = pl.read_parquet(f)
+    seed_results = {f"ATFT seed {s}": evaluate_predictions(frames[s], horizons) for s in sorted(frames)}
+    results = seed_results | results
+    if len(frames) > 1:
+        results["ATFT seed ensemble"] = evaluate_predictions(
+            rank_ensemble([frames[s] for s in sorted(frames)], horizons), horizons)
+    summary = {k: mean_std([seed_results[s].get(k) for s in seed_results]) for k in TABLE_KEYS}
+    runs = base["runs"] | {k: v for _, e in extras for k, v in e["runs"].items() if k.startswith("seed_")}
+    walls = base["wall_s"] | {f"{d.name}: {k}": v for d, e in extras for k, v in e["wall_s"].items()}
+    total = walls.pop("total", 0.0)
+    settings = argparse.Namespace(**base["settings"])
+    _write(out, settings, cfg, base["data"], base["splits"], runs, results, walls, total,
+           partial=False, seed_summary=summary)
+    return 0
