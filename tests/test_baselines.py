@@ -242,3 +242,32 @@ def test_candidate_ladder_uses_the_trainers_windows_and_writes_a_publishable_rid
     reg = Registry(f"file://{tmp_path / 'reg'}", cache_dir=tmp_path / "cache")
     res = reg.publish(tmp_path / "ridge", "r1")  # runcheck accepts the ridge run dir
     assert {f.name for f in res.manifest.files} == {"config.yaml", "metrics.json", "model.safetensors"}
+
+
+@pytest.mark.slow
+def test_load_scorer_atft_family_equals_predict_window(panel, splits, feats, tmp_path):
+    """The same entry point serves the deep model: family "atft" (no family field = atft)."""
+    from atft_core.atomic import atomic_write_text
+    from atft_core.train.api import build_model, predict_window
+    from atft_core.train.checkpoint import save_weights
+    from atft_core.train.phases import blocks_dict
+
+    torch.manual_seed(0)
+    model = build_model(CFG, len(panel.feature_names)).eval()
+    blocks = CFG.train.phases[1].blocks
+    model.set_blocks(blocks)
+    run = tmp_path / "atft-run"
+    run.mkdir()
+    atomic_write_text(run / "config.yaml", CFG.to_yaml())
+    save_weights(run / "model.safetensors", model.state_dict(),
+                 {"config_sha256": CFG.sha256(), "epoch": 0, "value": 0.0,
+                  "blocks": blocks_dict(blocks)})
+    assert run_family(run) == "atft"
+    scorer = load_scorer(run)
+    assert scorer.family == "atft" and scorer.horizons == tuple(CFG.horizons)
+    got = scorer(feats, splits.holdout[:3])
+    want = predict_window(model, panel, CFG, splits.holdout[:3], "cpu").frame()
+    assert got.columns == ["Date", "Code", *(f"pred_{h}d" for h in CFG.horizons)]
+    assert got.equals(want.select(got.columns))
+    with pytest.raises(ValueError, match="not in the features frame"):
+        scorer(feats, [dt.date(1999, 1, 4)])

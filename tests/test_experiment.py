@@ -140,16 +140,17 @@ def test_experiment_end_to_end_on_a_synthetic_quotes_file(tmp_path, capsys):
     from atft_core.cli import main
     from atft_core.data.synthetic import generate_market
 
-    cfg = apply_overrides(load_test_config(), ["data.synthetic.n_stocks=30", "data.synthetic.n_days=220"])
+    cfg = apply_overrides(load_test_config(), ["data.synthetic.n_stocks=30", "data.synthetic.n_days=200"])
     quotes = generate_market(cfg.data.synthetic, cfg.horizons).quotes
     data = tmp_path / "quotes.parquet"
     quotes.write_parquet(data)
     days = sorted(set(quotes["Date"].to_list()))
     common = ["--data", str(data), "--train-end", str(days[120]), "--eval-start", str(days[150]),
-              "--data-end", str(days[-1]), "--config", "test", "train.max_train_batches_per_epoch=2",
+              "--data-end", str(days[-1]), "--config", "test", "--threads", "1",
+              "train.max_train_batches_per_epoch=2", "train.phases.1.epochs=0",
               "train.phases.2.epochs=0", "train.phases.3.epochs=0"]
     out = tmp_path / "exp"
-    assert main(["experiment", *common, "--seeds", "2", "--out", str(out)]) == 0
+    assert main(["experiment", "--seeds", "2", "--out", str(out), *common]) == 0
     res = json.loads((out / "results.json").read_text())
     names = set(res["results"])
     assert {"baseline: ridge", "baseline: reversal_1d", "baseline: low_vol_20d", "ATFT seed 0",
@@ -162,14 +163,24 @@ def test_experiment_end_to_end_on_a_synthetic_quotes_file(tmp_path, capsys):
     assert (out / "report.md").read_text().count("ATFT mean ± std over seeds") == 1
     assert (out / "cum_rank_ic_1d.png").stat().st_size > 1000
     assert any((out / "run_seed0" / "tensorboard").iterdir())  # event files per run
-    # a third seed trained elsewhere, merged
+    # a "third seed" from another dir (seed 1's predictions under the name seed 2: no 4th training)
+    import shutil
+
     other = tmp_path / "exp2"
-    assert main(["experiment", *common, "--seeds", "1", "--skip-control", "--out", str(other),
-                 "train.seed=2"]) == 0
+    other.mkdir()
+    shutil.copy(out / "preds_seed1.parquet", other / "preds_seed2.parquet")
+    side = dict(res, config=dict(res["config"], train=dict(res["config"]["train"], seed=2)))
+    (other / "results.json").write_text(json.dumps(side))
     assert main(["experiment-combine", str(out), str(other)]) == 0
     merged = json.loads((out / "results.json").read_text())
     assert {"ATFT seed 0", "ATFT seed 1", "ATFT seed 2"} <= set(merged["results"])
-    assert "control: shuffled labels" in merged["results"]
+    assert merged["results"]["ATFT seed 2"]["rank_ic_1d"] == res["results"]["ATFT seed 1"]["rank_ic_1d"]
+    assert "control: shuffled labels" in merged["results"] and not merged["partial"]
+    mean3 = np.mean([merged["results"][f"ATFT seed {i}"]["rank_ic_1d"] for i in range(3)])
+    assert merged["seed_summary"]["rank_ic_1d"][0] == pytest.approx(mean3)
+    bad = dict(side, splits=dict(side["splits"], gap_days=0))
+    (other / "results.json").write_text(json.dumps(bad))
+    assert main(["experiment-combine", str(out), str(other)]) == 2  # other splits: refused
     assert main(["experiment-combine", str(out), str(out)]) == 2  # same seeds twice
     capsys.readouterr()
 
