@@ -15,7 +15,8 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 CFG = apply_overrides(load_config("test"), [
-    "data.synthetic.n_stocks=30", "data.synthetic.n_days=160", "train.max_train_batches_per_epoch=2",
+    "data.synthetic.n_stocks=20", "data.synthetic.n_days=140", "train.max_train_batches_per_epoch=2",
+    "dataset.lookback=8", "split.val_days=10", "split.holdout_days=10",
     "train.phases.0.epochs=2", "train.phases.1.epochs=1", "train.phases.2.epochs=0",
     "train.phases.3.epochs=0", "train.early_stopping.patience=5",
 ])
