@@ -314,14 +314,26 @@ def _combine(args) -> int:
         print(f"atft experiment-combine: cannot read results.json: {err}", file=sys.stderr)
         return 2
 
-    def strip(cfg: dict) -> dict:
-        return {k: v for k, v in cfg.items() if k != "train"} | {
-            "train": {k: v for k, v in cfg["train"].items() if k != "seed"}}
+    def flat(d: dict, prefix: str = "") -> dict:
+        out_ = {}
+        for k, v in d.items():
+            out_.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out_
 
+    # same splits and the same value for every config key both know (but the seed); keys only
+    # one side has (fields added by a code update between the runs) are listed in the report
+    notes = []
+    fb = flat(base["config"])
     for d, e in extras:
-        if e["splits"] != base["splits"] or strip(e["config"]) != strip(base["config"]):
-            print(f"atft experiment-combine: {d} has other splits or config than {out}", file=sys.stderr)
+        fe = flat(e["config"])
+        diff = sorted(k for k in set(fb) & set(fe) if k != "train.seed" and fb[k] != fe[k])
+        if e["splits"] != base["splits"] or diff:
+            print(f"atft experiment-combine: {d} has other splits or config than {out} "
+                  f"({diff[:5] or 'splits'})", file=sys.stderr)
             return 2
+        only = sorted(set(fb) ^ set(fe))
+        if only:
+            notes.append(f"{d}: config keys only one side has (code version differs): {only}")
     cfg = from_dict(base["config"])
     horizons = tuple(cfg.horizons)
     results = {k: dict(v, daily=base["daily"].get(k)) for k, v in base["results"].items()
@@ -343,6 +355,7 @@ def _combine(args) -> int:
     runs = base["runs"] | {k: v for _, e in extras for k, v in e["runs"].items() if k.startswith("seed_")}
     walls = base["wall_s"] | {f"{d.name}: {k}": v for d, e in extras for k, v in e["wall_s"].items()}
     total = walls.pop("total", 0.0)
+    runs["combine_notes"] = notes
     settings = argparse.Namespace(**base["settings"])
     _write(out, settings, cfg, base["data"], base["splits"], runs, results, walls, total,
            partial=False, seed_summary=summary)
