@@ -199,7 +199,9 @@ def atft_retrain():
         decision = pipeline.gate(task_ctx(context), evaluation)
         context["ti"].xcom_push(key="decision", value=decision)
         log.info("gate: %s; reasons: %s", decision["decision"], decision.get("reasons"))
-        return "publish" if decision["decision"] == "promote" else "skip_publish"
+        # publish the candidate, or the ladder's ridge when the candidate lost (gate fallback)
+        what = decision.get("publish", "candidate" if decision["decision"] == "promote" else None)
+        return "publish" if what else "skip_publish"
 
     @task
     def publish(trained: dict, decision: dict, **context) -> dict:

@@ -224,6 +224,12 @@ def test_fallback_ridge_published_as_champion_and_scored_through_load_scorer(pan
     assert ev["rank_ic_1d"] == pytest.approx(ridge_eval["rank_ic_1d"])
     with pytest.raises(ValueError, match="lacks the model's feature"):
         scorer(feats.drop("ret_1d"))
+    # the pipeline scores a ridge champion on the holdout like any champion
+    from atft_core.baselines import evaluate_ridge_run
+
+    again = evaluate_ridge_run(reg.load_champion().path, feats, CFG)
+    assert again["rank_ic_1d"] == pytest.approx(ridge_eval["rank_ic_1d"])
+    assert again["daily"]["date"] == ridge_eval["daily"]["date"]
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ from atft_core.baselines.ridge import (
            solve_ridge,
            write_ridge_run,
 )
-from atft_core.baselines.scorer import FAMILIES, Scorer, load_scorer, run_family
+from atft_core.baselines.scorer import FAMILIES, Scorer, evaluate_ridge_run, load_scorer, run_family
 
-__all__ = ["FACTORS", "FAMILIES", "RIDGE_FAMILY", "Ladder", "RidgeModel", "Scorer", "candidate_ladder", "factor_frame",
+__all__ = ["FACTORS", "FAMILIES", "RIDGE_FAMILY", "Ladder", "RidgeModel", "Scorer", "candidate_ladder", "evaluate_ridge_run", "factor_frame",
            "fit_ridge", "load_scorer", "predict_panel", "read_ridge", "run_family", "run_ladder",
            "solve_ridge", "write_ridge_run"]

@@ -94,3 +94,22 @@ def load_scorer(source: Any) -> Scorer:
 
     model, cfg, _ = load_model(run_dir)
     return Scorer("atft", tuple(cfg.horizons), tuple(FEATURE_COLUMNS), run_dir, model, cfg)
+
+
+def evaluate_ridge_run(run_dir: str | Path, frame: pl.DataFrame, split_cfg) -> dict[str, Any]:
+    """A ridge run's ``evaluate_predictions`` dict on ``split_cfg``'s holdout of ``frame`` (the
+    window ``evaluate_run_dir`` uses for the deep family)."""
+    from atft_core.baselines.ridge import predict_panel, read_ridge
+    from atft_core.config import config_from_yaml_text
+    from atft_core.evaluate import evaluate_predictions
+    from atft_core.train.api import as_panel, window_dates
+
+    run_dir = Path(run_dir)
+    model = read_ridge(run_dir)
+    panel = as_panel(frame, config_from_yaml_text((run_dir / "config.yaml").read_text()))
+    dates = window_dates(panel, split_cfg, "holdout")
+    out = evaluate_predictions(predict_panel(model, panel, dates), model.horizons)
+    out["window"] = {"name": "holdout", "start": str(dates[0]), "end": str(dates[-1]),
+                     "n_days": len(dates)}
+    out["weights_meta"] = {"family": "ridge", "alpha": model.alpha}
+    return out

@@ -213,11 +213,29 @@ def _headline(m: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def score_on_holdout(run_dir: str | Path, frame: Any, rc: RunContext) -> dict[str, Any]:
-    """THE holdout scoring of a model (candidate, champion; later the baseline ladder): the
-    run's weights on this run's holdout dates of ``frame``."""
+    """THE holdout scoring of a model (candidate, champion of either family): the run's model on
+    this run's holdout dates of ``frame``."""
+    from atft_core.baselines import evaluate_ridge_run, run_family
     from atft_core.train.api import evaluate_run_dir
 
+    if run_family(run_dir) == "ridge":  # a ridge promoted by gate.promote_baseline_if_better
+        return evaluate_ridge_run(run_dir, frame, split_cfg=rc.config)
     return evaluate_run_dir(run_dir, frame, window="holdout", split_cfg=rc.config)
+
+
+def score_ladder(frame: Any, rc: RunContext, run_id: str) -> dict[str, Any] | None:
+    """The baseline ladder on the candidate's own train rows and the same holdout (issue 13);
+    the fitted ridge is written to ``{work_dir}/ridge-{run_id}`` (publishable as a fallback).
+    None when neither the ladder rule nor the fallback is configured."""
+    from atft_core.baselines import candidate_ladder
+
+    g = rc.config.gate
+    if not (g.baseline_rule or g.promote_baseline_if_better):
+        return None
+    ridge_dir = rc.ensure_work_dir() / f"ridge-{run_id}"
+    if ridge_dir.exists():  # a retry of this task: our own earlier fit, refitted identically
+        shutil.rmtree(ridge_dir)
+    return candidate_ladder(frame, rc.config, ridge_dir)
 
 
 def evaluate_holdout(ctx: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
@@ -244,9 +262,13 @@ def evaluate_holdout(ctx: dict[str, Any], trained: dict[str, Any]) -> dict[str, 
         except ValueError as err:  # e.g. a feature set the champion was not trained on
             note = f"champion {champion_id} cannot be evaluated on this data: {err}"
             log.warning(note)
+    ladder = score_ladder(frame, rc, trained["run_id"])
     path = wd / "evaluation.json"
     _write_json(path, {"candidate_run_id": trained["run_id"], "candidate": candidate,
-                       "champion": champion, "champion_run_id": champion_id, "note": note})
+                       "champion": champion, "champion_run_id": champion_id, "note": note,
+                       "ladder": ladder["evaluations"] if ladder else None,
+                       "ladder_summary": ladder["summary"] if ladder else None,
+                       "ridge_run_dir": ladder["ridge_run_dir"] if ladder else None})
     return {"evaluation_path": str(path), "candidate_run_id": trained["run_id"],
             "champion_run_id": champion_id, "note": note}
 
@@ -261,9 +283,18 @@ def gate(ctx: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     full = _read_json(evaluation["evaluation_path"])
     decision = decide(full["candidate"], full["champion"], rc.config.gate,
                       force=bool(rc.params.get("force")), actor=rc.params.get("actor") or rc.run_id,
-                      champion_unavailable=full.get("note") if full["champion"] is None else None)
-    decision = refuse_synthetic(decision, data_source_kind(rc.config.data.source), rc.config.gate)
-    record = decision.to_dict() | {"champion_run_id": full.get("champion_run_id")}
+                      champion_unavailable=full.get("note") if full["champion"] is None else None,
+                      ladder=full.get("ladder"))
+    kind = data_source_kind(rc.config.data.source)
+    decision = refuse_synthetic(decision, kind, rc.config.gate)
+    # what publish publishes: the candidate, or the ridge when the candidate lost and the ridge
+    # passed the same gate (gate.promote_baseline_if_better; never a synthetic-data ridge)
+    fb = decision.fallback or {}
+    publish_what = ("candidate" if decision.promote else
+                    "ridge" if fb.get("decision") == "promote" and full.get("ridge_run_dir")
+                    and (kind != "synthetic" or rc.config.gate.allow_synthetic) else None)
+    record = decision.to_dict() | {"champion_run_id": full.get("champion_run_id"),
+                                   "publish": publish_what, "ridge_run_dir": full.get("ridge_run_dir")}
     path = wd / "gate_decision.json"
     _write_json(path, record)
     cand, champ, horizons = full["candidate"], full["champion"], rc.config.horizons
@@ -276,8 +307,8 @@ def gate(ctx: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
         min_rank_ic=rc.config.gate.min_rank_ic, min_sharpe=rc.config.gate.min_sharpe,
     )
     return {k: v for k, v in record.items() if k in
-            ("decision", "forced", "reasons", "champion_run_id", "actor", "decided_at")} | {
-        "decision_path": str(path)}
+            ("decision", "forced", "reasons", "champion_run_id", "actor", "decided_at", "publish",
+             "ridge_run_dir")} | {"decision_path": str(path)}
 
 
 def _finite(v: Any) -> float:
@@ -298,8 +329,11 @@ def publish(ctx: dict[str, Any], trained: dict[str, Any], decision: dict[str, An
     from atft_core.registry import Registry
 
     rc = RunContext.build(ctx)
-    if decision.get("decision") != "promote":
+    what = decision.get("publish", "candidate" if decision.get("decision") == "promote" else None)
+    if what not in ("candidate", "ridge"):
         raise ValueError(f"publish called for a {decision.get('decision')!r} decision")
+    if what == "ridge":  # the candidate lost; the ladder's ridge passed the gate (fallback)
+        trained = {"run_dir": decision["ridge_run_dir"], "run_id": f"{trained['run_id']}-ridge"}
     t0 = time.perf_counter()
     registry = Registry.from_config(rc.config)
     pusher = rc.pusher("publish")
@@ -332,7 +366,10 @@ def _gate_reason(record: dict[str, Any]) -> str:
     nums = ", ".join(f"{k}={cand[k]:.4f}" for k in ("rank_ic_1d", "sharpe_1d")
                      if isinstance(cand.get(k), int | float))
     forced = " (forced)" if record.get("forced") else ""
-    return f"gate {record.get('decision')}{forced}: {nums}; " + "; ".join(record.get("reasons") or [])
+    head = f"gate {record.get('decision')}{forced}: {nums}; "
+    if record.get("publish") == "ridge":
+        head = f"ridge fallback promoted (candidate rejected: {nums}); "
+    return head + "; ".join(record.get("reasons") or [])
 
 
 def retrain_summary(trained: dict[str, Any], evaluation: dict[str, Any], decision: dict[str, Any],
