@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -277,3 +279,42 @@ def test_load_scorer_atft_family_equals_predict_window(panel, splits, feats, tmp
     assert got.equals(want.select(got.columns))
     with pytest.raises(ValueError, match="not in the features frame"):
         scorer(feats, [dt.date(1999, 1, 4)])
+
+
+@pytest.mark.slow
+def test_nightly_pipeline_rejects_a_weak_candidate_and_serves_the_ridge(tmp_path, monkeypatch):
+    """The DAG's task functions in order: an (lr 1e-7, untrained) candidate loses to the ladder,
+    the decision shows the ladder, the ridge passes the same gate, is published and becomes
+    champion, and load_scorer serves it."""
+    from atft_core import pipeline
+    from atft_core.registry import Registry
+
+    for k in ("ATFT_REGISTRY", "ATFT_PUSHGATEWAY_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.chdir(tmp_path)
+    ctx = {"dag_id": "atft_retrain", "run_id": "manual__2024-05-07T12:00:00+00:00",
+           "as_of": "2024-05-07", "conf": None,
+           "params": {"config": "test", "lr": 1e-7, "min_rank_ic": 0.0, "min_sharpe": -100.0,
+                      "overrides": ["gate.baseline_rule=true", "gate.promote_baseline_if_better=true",
+                                    "train.max_train_batches_per_epoch=1", "train.phases.2.epochs=0",
+                                    "train.phases.3.epochs=0"]}}
+    fresh = pipeline.check_fresh_data(ctx)
+    validated = pipeline.validate_data(ctx, fresh)
+    feats = pipeline.build_features(ctx, validated)
+    trained = pipeline.train_candidate(ctx, feats)
+    evaluation = pipeline.evaluate_holdout(ctx, trained)
+    full = json.loads(Path(evaluation["evaluation_path"]).read_text())
+    assert set(full["ladder"]) == {"ridge", "reversal_1d", "low_vol_20d"}
+    decision = pipeline.gate(ctx, evaluation)
+    assert decision["decision"] == "reject" and decision["publish"] == "ridge", decision
+    record = json.loads(Path(decision["decision_path"]).read_text())
+    assert record["checks"]["beats_baselines"] is False and record["fallback"]["decision"] == "promote"
+    assert any(r.startswith("baseline ladder (mean daily RankIC@1d)") for r in record["reasons"])
+    published = pipeline.publish(ctx, trained, decision)
+    assert published["run_id"] == f"{trained['run_id']}-ridge"
+    reg = Registry("file://var/registry", cache_dir=tmp_path / "cache")
+    assert reg.get_alias("champion").run_id == published["run_id"]
+    scorer = load_scorer(reg.load_champion())
+    assert scorer.family == "ridge"
+    frame = pl.read_parquet(Path(evaluation["evaluation_path"]).parent / "features.parquet")
+    assert scorer(frame).height > 0
