@@ -342,9 +342,10 @@ def test_epoch_end_callbacks_run_in_the_documented_order(tmp_path):
     tr = make_trainer(tmp_path)
     assert [cb.name for cb in tr.callbacks] == [
         "validate", "plateau_lr", "early_stop", "best_weights", "commit_epoch", "checkpoint",
-        "metrics_jsonl", "user_hook", "prune_hook", "phase_switch"]
+        "metrics_jsonl", "tensorboard", "user_hook", "prune_hook", "phase_switch"]
     for i, name in enumerate(["validate", "plateau_lr", "early_stop", "best_weights", "commit_epoch",
-                              "checkpoint", "metrics_jsonl", "user_hook", "prune_hook", "phase_switch"], 1):
+                              "checkpoint", "metrics_jsonl", "tensorboard", "user_hook", "prune_hook",
+                              "phase_switch"], 1):
         assert f"{i}. ``{name}``" in loop_mod.__doc__  # the docstring lists the same order
     seen = []
 

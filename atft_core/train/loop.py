@@ -23,9 +23,10 @@ default_epoch_end_callbacks`); the order is what exact resume needs:
                      Everything above changes checkpointed state and so must come before it;
                      everything below only has effects that a resume replays or rewrites.
 7. ``metrics_jsonl`` one line (a resume rewrites the file from the checkpoint's history).
-8. ``user_hook``     the caller's ``on_epoch_end(record)``.
-9. ``prune_hook``    HPO pruning (may raise ``optuna.TrialPruned``).
-10. ``phase_switch`` phase done (epochs or early stop) -> next phase; derived from checkpointed
+8. ``tensorboard``   the same scalars into ``{run_dir}/tensorboard`` event files.
+9. ``user_hook``     the caller's ``on_epoch_end(record)``.
+10. ``prune_hook``   HPO pruning (may raise ``optuna.TrialPruned``).
+11. ``phase_switch`` phase done (epochs or early stop) -> next phase; derived from checkpointed
                      state only, so :meth:`Trainer.fit` takes the same switch on resume.
 
 The RNG bracket lives in one place, :meth:`Trainer._epoch_end`: after the callbacks (even when
