@@ -81,7 +81,13 @@ def _load(args, cfg, out: Path):
     data = Path(args.data)
     if not data.exists():
         raise ValueError(f"--data {data} does not exist")
+    import hashlib
+
+    import atft_core.features as features_mod
+
+    code = hashlib.sha256(Path(features_mod.__file__).read_bytes()).hexdigest()  # feature code version
     key = json.dumps({"data": str(data.resolve()), "size": data.stat().st_size, "end": args.data_end,
+                      "features_code": code,
                       "features": cfg.features.model_dump(mode="json"),
                       "horizons": list(cfg.horizons)}, sort_keys=True)
     cache, cache_key = out / "features.parquet", out / "features.key.json"
