@@ -93,6 +93,24 @@ _SPECS = (
        "When the nightly retrain last ran to completion (candidate trained, evaluated, gated)."),
     _g("atft_retrain_stale_after_timestamp_seconds",
        "Deadline after which the retrain is stale (N JPX trading days without success)."),
+    # serving: daily signals, live metrics, drift (atft_core.serving) ---------------------------
+    _g("atft_live_rank_ic", "Live RankIC of the published signals once labels matured "
+       "(window: 1d = latest day, 20d/60d = rolling mean, cum = all days).", "horizon", "window", "role"),
+    _g("atft_live_long_short_return", "Live top/bottom-20% long-short return of the signals "
+       "(1d: latest day, 20d/60d: rolling daily mean, cum: summed).", "horizon", "window", "role"),
+    _g("atft_live_rank_icir", "Live RankIC mean / std over the window.", "horizon", "window", "role"),
+    _g("atft_live_hit_rate", "Live share of stock-days on the right side of the day's mean.",
+       "horizon", "window", "role"),
+    _g("atft_live_signal_age_days",
+       "JPX trading days between the newest champion signal and the latest session (0 = current)."),
+    _g("atft_signal_last_published_timestamp_seconds", "When a champion signal was last published."),
+    _g("atft_signal_day_timestamp_seconds",
+       "Trading day of the newest champion signal, as 00:00 Asia/Tokyo (Unix seconds)."),
+    _g("atft_signal_next_due_timestamp_seconds",
+       "08:30 Asia/Tokyo of the session after the next one: when the next signal is overdue."),
+    _g("atft_feature_psi", "PSI of the day's feature vs the champion's training window.", "feature"),
+    _g("atft_prediction_psi", "PSI of the day's predictions vs the champion's validation window.",
+       "horizon"),
     # Airflow task results (listener) --------------------------------------------------------
     _g("atft_task_success", "1 if the task's last try succeeded, else 0."),
     _g("atft_task_last_success_timestamp_seconds", "When the task last succeeded."),

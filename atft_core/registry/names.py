@@ -17,7 +17,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # Files a run may publish: weights (safetensors only), config, metrics, report.
 REQUIRED_FILES = ("model.safetensors", "config.yaml", "metrics.json")
-OPTIONAL_FILES = ("metrics.jsonl", "report.md")
+OPTIONAL_FILES = ("metrics.jsonl", "report.md", "drift_reference.json")  # drift: atft_core.serving
 _OPTIONAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.png")
 
 

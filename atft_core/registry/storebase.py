@@ -11,7 +11,7 @@ from typing import Protocol
 
 from atft_core.registry.names import check_name
 
-IMMUTABLE_PREFIXES = ("runs/", "aliases/history/")
+IMMUTABLE_PREFIXES = ("runs/", "aliases/history/", "signals/")  # signals: atft_core.serving
 MB = 1024 * 1024
 
 

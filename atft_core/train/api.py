@@ -229,7 +229,7 @@ def evaluate_run_dir(run_dir: str | Path, data: Any, window: str = "holdout",
 # --------------------------------------------------------------------------- run dir
 # What train_run writes into a run dir (report.py adds *.png); anything else is not ours.
 RUN_DIR_FILES = frozenset({"config.yaml", "metrics.json", "metrics.jsonl", "model.safetensors",
-                           "report.md", "checkpoints", "tensorboard"})
+                           "report.md", "checkpoints", "tensorboard", "drift_reference.json"})
 
 
 class RunDirError(ValueError):
@@ -279,6 +279,34 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> tuple[Checkpoin
     dest = _move_aside(run_dir)
     log.warning("fresh start: the earlier run in %s was moved aside to %s", run_dir, dest)
     return scan, dest
+
+
+# --------------------------------------------------------------------------- drift reference
+DRIFT_REFERENCE_MAX_DAYS = 250  # training days sampled (evenly) for the feature deciles
+
+
+def write_drift_reference(run_dir: Path, panel, train_dates: Sequence[dt.date],
+                          val_preds: Predictions) -> Path:
+    """``drift_reference.json``: deciles of each feature over the training window's usable
+    stock-days (as the model saw them) and of the predictions on the val window, fixed now so
+    serving can compute PSI against them (atft_core.serving.drift); published with the run."""
+    import numpy as np
+
+    from atft_core.serving.drift import REFERENCE_FILE, training_reference
+
+    t = panel.date_index(list(train_dates))
+    if len(t) > DRIFT_REFERENCE_MAX_DAYS:
+        t = t[np.linspace(0, len(t) - 1, DRIFT_REFERENCE_MAX_DAYS).round().astype(int)]
+    tt = torch.from_numpy(t)
+    usable = panel.usable[:, tt].numpy()
+    x = panel.x[:, tt, :].numpy()[usable]
+    preds = {f"pred_{h}d": val_preds.pred[:, j] for j, h in enumerate(val_preds.horizons)}
+    window = {"train_start": str(train_dates[0]), "train_end": str(train_dates[-1]),
+              "train_days_sampled": int(len(t)), "stock_days": int(x.shape[0]),
+              "prediction_window": "val", "val_start": str(val_preds.dates[0]),
+              "val_end": str(val_preds.dates[-1])}
+    payload = training_reference(x, tuple(panel.feature_names), preds, window)
+    return atomic_write_text(run_dir / REFERENCE_FILE, json.dumps(payload, sort_keys=True))
 
 
 # --------------------------------------------------------------------------- train
@@ -371,6 +399,7 @@ def train_run(
 
     # hparams with the final numbers: the holdout when evaluated (HPO trials: the best val)
     write_hparams(run_dir, cfg, holdout or best_metrics)
+    write_drift_reference(run_dir, panel, splits.train, val_preds)
     if write_report:
         from atft_core.train.report import write_report as _write_report
 

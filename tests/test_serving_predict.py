@@ -1,0 +1,152 @@
+"""`atft predict` / serving.predict + serving.signals on a tiny trained champion (file://)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from atft_core.config import apply_overrides, load_config
+
+pytestmark = pytest.mark.slow  # trains a tiny model (~40 s) and runs the CLI
+
+TINY = ["train.max_train_batches_per_epoch=2", "data.synthetic.n_days=160",
+        "data.synthetic.n_stocks=24",
+        "train.phases=[{name: a, epochs: 1, blocks: {gat: true, fan: false}}]"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny trained run, published and promoted in a file:// registry; quotes in a store."""
+    from atft_core.data.store import write_store
+    from atft_core.data.synthetic import generate_market
+    from atft_core.features import build_features
+    from atft_core.registry import Registry
+    from atft_core.train.api import train_run
+
+    root = tmp_path_factory.mktemp("served")
+    cfg = apply_overrides(load_config("test"), TINY)
+    quotes = generate_market(cfg.data.synthetic, tuple(cfg.horizons)).quotes
+    write_store(quotes, root / "store")
+    feats = build_features(quotes, cfg)
+    res = train_run(cfg, feats, root / "runs" / "r1", resume=False, write_report=False)
+    reg = Registry(f"file://{root / 'registry'}")
+    reg.publish(res.run_dir, "r1")
+    reg.promote("r1", reason="test", actor="test")
+    day = feats.get_column("Date").max()
+    return {"root": root, "cfg": cfg, "quotes": quotes, "feats": feats, "reg": reg, "day": day,
+            "run_dir": res.run_dir}
+
+
+def test_drift_reference_is_published_with_the_run(served):
+    m, _ = served["reg"].read_manifest("r1")
+    names = {f.name for f in m.files}
+    assert "drift_reference.json" in names
+    ref = json.loads((served["run_dir"] / "drift_reference.json").read_text())
+    from atft_core.features import FEATURE_COLUMNS
+
+    assert sorted(ref["features"]) == sorted(FEATURE_COLUMNS)
+    assert sorted(ref["prediction"]) == sorted(f"pred_{h}d" for h in served["cfg"].horizons)
+
+
+def test_predict_day_equals_full_history_prediction(served):
+    """The day window gives exactly the predictions a panel over the whole history gives."""
+    from atft_core.dataset import build_panel
+    from atft_core.serving.predict import predict_day
+    from atft_core.train.api import load_model, predict_window
+
+    cfg, day = served["cfg"], served["day"]
+    sig = predict_day(served["reg"], day, served["quotes"])
+    model, mcfg, _ = load_model(served["run_dir"])
+    full = predict_window(model, build_panel(served["feats"], mcfg), mcfg, [day]).frame()
+    H = tuple(cfg.horizons)
+    n_usable = served["feats"].filter((pl.col("Date") == day)
+                                      & (pl.col("history_days") >= cfg.features.min_history)).height
+    assert sig.frame.height == n_usable == full.height
+    assert sig.frame.columns == ["Date", "Code", *[f"pred_{h}d" for h in H], *[f"rank_{h}d" for h in H]]
+    joined = sig.frame.join(full, on=["Date", "Code"], suffix="_full")
+    for h in H:
+        np.testing.assert_array_equal(joined[f"pred_{h}d"].to_numpy(), joined[f"pred_{h}d_full"].to_numpy())
+        # rank 1 = highest prediction; a permutation of 1..n
+        r = sig.frame.sort(f"rank_{h}d")
+        assert r[f"rank_{h}d"].to_list() == list(range(1, sig.frame.height + 1))
+        assert np.all(np.diff(r[f"pred_{h}d"].to_numpy()) <= 0)
+    assert sig.run_id == "r1" and sig.manifest_sha256 == served["reg"].get_alias().manifest_sha256
+    assert sig.features.height == n_usable
+
+
+def test_publish_idempotent_conflict_and_cli_same_bytes(served, tmp_path):
+    from atft_core.serving.predict import predict_day
+    from atft_core.serving.signals import SignalConflictError, publish_signal, read_signals
+
+    reg, day = served["reg"], served["day"]
+    sig = predict_day(reg, day, served["quotes"])
+    rec = publish_signal(reg, sig)
+    path = served["root"] / "registry" / "signals" / day.isoformat() / "r1.parquet"
+    assert rec.key == f"signals/{day}/r1.parquet" and path.is_file()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == rec.sha256
+    again = publish_signal(reg, predict_day(reg, day, served["quotes"]))
+    assert again.already_published and again.sha256 == rec.sha256
+    other = type(sig)(**{**sig.__dict__, "frame": sig.frame.with_columns(pl.col("pred_1d") + 1.0)})
+    with pytest.raises(SignalConflictError):
+        publish_signal(reg, other)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == rec.sha256  # untouched
+    shadow = publish_signal(reg, sig, role="shadow")
+    assert shadow.key == f"signals/{day}/shadow/r1.parquet"
+    back = read_signals(reg, "champion")
+    assert back.drop("run_id").equals(sig.frame)
+
+    # by hand: atft predict on the same champion and data -> the same bytes
+    out = tmp_path / "hand.parquet"
+    env = dict(os.environ, ATFT_REGISTRY=reg.uri)
+    proc = subprocess.run([sys.executable, "-m", "atft_core.cli", "predict", "--config", "test",
+                           "--data", str(served["root"] / "store"), "--date", str(day),
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes() == path.read_bytes()
+    assert json.loads(proc.stdout)["sha256"] == rec.sha256
+    # --out never overwrites
+    proc = subprocess.run([sys.executable, "-m", "atft_core.cli", "predict", "--data",
+                           str(served["root"] / "store"), "--date", str(day), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("atft predict: ") and "exists" in proc.stderr
+
+
+def test_tampered_champion_is_refused_and_nothing_published(served, tmp_path):
+    import shutil
+
+    from atft_core.registry import IntegrityError, Registry
+    from atft_core.serving.predict import predict_day
+
+    # a copy of the registry whose champion weights were altered after publication
+    root = tmp_path / "reg"
+    shutil.copytree(served["root"] / "registry", root)
+    w = root / "runs" / "r1" / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    os.chmod(w, 0o644)
+    w.write_bytes(bytes(data))
+    reg = Registry(f"file://{root}")
+    prev_day = served["feats"].get_column("Date").unique().sort()[-2]
+    with pytest.raises(IntegrityError, match="model.safetensors"):
+        predict_day(reg, prev_day, served["quotes"])
+    proc = subprocess.run([sys.executable, "-m", "atft_core.cli", "predict", "--uri", reg.uri,
+                           "--data", str(served["root"] / "store"), "--date", str(prev_day),
+                           "--publish"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "verification failed" in proc.stderr
+    assert not (root / "signals" / prev_day.isoformat()).exists()
+
+
+def test_bad_day_is_one_line(served):
+    proc = subprocess.run([sys.executable, "-m", "atft_core.cli", "predict", "--uri",
+                           served["reg"].uri, "--data", str(served["root"] / "store"),
+                           "--date", "2001-01-05"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("atft predict: no quotes for 2001-01-05")
