@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DAG_IDS = {"atft_retrain", "atft_hpo", "atft_rollback", "atft_ingest"}
+DAG_IDS = {"atft_retrain", "atft_hpo", "atft_rollback", "atft_ingest", "atft_score"}
 HEAVY = ("torch", "great_expectations", "torch_geometric", "polars")
 
 
