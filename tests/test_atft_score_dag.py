@@ -5,7 +5,6 @@ the rejected candidate becomes the shadow and is scored apart; a re-run of D is 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

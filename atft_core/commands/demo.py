@@ -105,6 +105,17 @@ def run_demo(args) -> int:
         print(f"   finished in {time.perf_counter() - t:.0f} s, exit code {code}")
         rc = rc or code
         _print_outcome(cfg, day, started)
+    # the champion at work: day D's signal (atft_score: score champion + shadow, monitor)
+    conf = {"config": args.config}
+    if args.data_source:
+        conf |= {"data_source": args.data_source, "data_end": days[-1]}
+    t = time.perf_counter()
+    print(f"\n== airflow dags test atft_score {days[-1]} ...", flush=True)
+    code = _airflow(["dags", "test", "atft_score", f"{days[-1]}T12:00:00+00:00", "--conf", json.dumps(conf)],
+                    env, log_path)
+    print(f"   finished in {time.perf_counter() - t:.0f} s, exit code {code}")
+    rc = rc or code
+    _print_signal(cfg, days[-1])
     print(f"\natft demo: done in {time.perf_counter() - t0:.0f} s")
     return rc
 
@@ -150,3 +161,38 @@ def _print_outcome(cfg, day: str, started: float) -> None:
             keys = ("rank_ic_1d", "rank_ic_5d", "sharpe_1d", "jpx_sharpe")
             print("   holdout: " + ", ".join(f"{k}={s['holdout'][k]:.4f}" for k in keys if k in s["holdout"]))
     print(f"   metrics textfile dir: {cfg.metrics.textfile_dir}; work dir: {wd}")
+
+
+def _print_signal(cfg, day: str) -> None:
+    """Where the day's champion (and shadow) signal went, and the live metrics once labels exist."""
+    from atft_core import calendar
+    from atft_core.registry import Registry
+    from atft_core.serving.signals import list_signals
+
+    d = calendar.latest_expected_trading_day(day)
+    try:
+        reg = Registry(os.environ.get("ATFT_REGISTRY") or cfg.registry.uri)
+        for role in ("champion", "shadow"):
+            found = [r for dd, r in list_signals(reg, role) if dd == d]
+            sub = "/shadow" if role == "shadow" else ""
+            print(f"   {role} signal of {d}: " + (", ".join(f"{reg.uri}/signals/{d}{sub}/{r}.parquet"
+                                                          for r in found) or "none"))
+    except Exception as err:  # noqa: BLE001 -- the demo's report must not hide the run's outcome
+        print(f"   signals: cannot list ({err})")
+    hist = Path(cfg.work_root) / "atft_score" / "live_history.parquet"
+    if not hist.exists():
+        print("   live metrics: no history yet")
+        return
+    import polars as pl
+
+    from atft_core.serving.monitor import rolling
+
+    h = pl.read_parquet(hist)
+    if h.is_empty():
+        nxt = calendar.add_trading_days(d, 2)
+        print(f"   live metrics: no label has matured yet (the 1-day label of {d} needs the close of {nxt})")
+        return
+    for r in rolling(h):
+        if r["window"] in ("20d", "cum"):
+            print(f"   live {r['role']} {r['horizon']}d {r['window']}: RankIC={r['rank_ic']:.4f} "
+                  f"long-short={r.get('ls_cum', r['ls_return']):.4f} over {int(r['days'])} days")

@@ -24,7 +24,8 @@ def newest_rejected(retrain_work_root: str | Path, day: dt.date) -> dict[str, An
     for path in root.rglob("summary.json"):
         try:
             s = json.loads(path.read_text())
-            run_day = dt.datetime.strptime(str(s["run_id"])[:8], "%Y%m%d").date()
+            rid = str(s["run_id"])
+            run_day = dt.date(int(rid[:4]), int(rid[4:6]), int(rid[6:8]))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a retrain summary
         if s.get("decision") != "reject" or run_day > day:

@@ -24,7 +24,12 @@ from typing import Any
 
 import polars as pl
 
-from atft_core.registry.errors import AlreadyExistsError, IntegrityError, NotFoundError, RegistryError
+from atft_core.registry.errors import (
+    AlreadyExistsError,
+    IntegrityError,
+    NotFoundError,
+    RegistryError,
+)
 from atft_core.registry.names import check_run_id
 from atft_core.registry.records import canonical_json
 
