@@ -149,3 +149,24 @@ def test_bad_day_is_one_line(served):
                            served["reg"].uri, "--data", str(served["root"] / "store"),
                            "--date", "2001-01-05"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.startswith("atft predict: no quotes for 2001-01-05")
+
+
+def test_register_shadow_publishes_rejected_run_without_touching_champion(served, tmp_path):
+    import shutil
+
+    from atft_core.registry import Registry
+    from atft_core.serving.predict import predict_day
+    from atft_core.serving.shadow import register_shadow
+
+    reg = Registry(f"file://{tmp_path / 'reg'}")
+    shutil.copytree(served["root"] / "registry", tmp_path / "reg", dirs_exist_ok=True)
+    rejected = tmp_path / "runs" / "20240508-rej"
+    shutil.copytree(served["run_dir"], rejected, ignore=shutil.ignore_patterns("checkpoints"))
+    summary = {"run_id": "20240508-rej", "run_dir": str(rejected), "reasons": ["worse than champion"]}
+    assert register_shadow(reg, summary, actor="test") == {"run_id": "20240508-rej", "moved": True}
+    assert register_shadow(reg, summary, actor="test")["moved"] is False
+    assert reg.get_alias("champion").run_id == "r1"
+    rec = reg.get_alias("shadow")
+    assert rec.run_id == "20240508-rej" and "worse than champion" in rec.reason
+    sig = predict_day(reg, served["day"], served["quotes"], alias="shadow")
+    assert sig.run_id == "20240508-rej"

@@ -6,9 +6,12 @@ of each bin, ``a_b`` = the day's share. Common reading: < 0.1 stable, 0.1-0.25 m
 a shift worth acting on (the ``ATFTFeatureDrift`` alert).
 
 Decisions:
-* A few lines of numpy rather than evidently / nannyml: both pull pandas/scipy/plotly versions of
-  their own beside Airflow 3.3's pins for one formula, and neither computes PSI against *stored*
-  training-time bin edges (they re-bin a reference frame each call), which is what serving needs.
+* A few lines of numpy rather than evidently / nannyml. ``pip install --dry-run -c
+  requirements/lock-py311.txt evidently`` (0.7.23) resolves beside Airflow 3.3's pins, but adds 25
+  packages for this one formula (litestar, nltk, statsmodels, scikit-learn, plotly, Faker, and
+  iterative-telemetry, which reports usage over the network), and both libraries compute PSI by
+  re-binning a reference *frame* on each call, while serving needs bin edges fixed at training
+  time and stored with the model (a few hundred bytes instead of the training window).
 * Bins are ``(-inf, e1], (e1, e2], ..., (e_k, inf)`` with the duplicate edges of heavily tied
   features (clipped z-scores, zero-filled nulls) dropped, and the reference fractions are counted
   on those bins (not assumed 0.1), so identical distributions give PSI 0 exactly.
