@@ -38,11 +38,13 @@ print("RUNS " + json.dumps(out, default=str))
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # two retrains + two scorings under Airflow; minutes on a loaded CPU
 def test_score_after_retrain_publishes_champion_and_shadow(tmp_path):
-    base = {"config": "test", "min_rank_ic": 0.0, "min_sharpe": 0.0,
+    # thresholds that make the outcome certain: run 1 is promoted (any score passes), run 2 is
+    # rejected (no model reaches RankIC 1), so the shadow exists
+    base = {"config": "test", "min_rank_ic": -1.0, "min_sharpe": -20.0,
             "epochs_per_phase": [1, 1, 0, 0],
             "overrides": ["data.synthetic.signal_strength=0.3", "train.max_train_batches_per_epoch=3"]}
     day1, day2 = "2024-05-07T12:00:00+00:00", "2024-05-08T12:00:00+00:00"
-    runs = [("atft_retrain", day1, base), ("atft_retrain", day2, base | {"lr": 1e-7}),
+    runs = [("atft_retrain", day1, base), ("atft_retrain", day2, base | {"min_rank_ic": 1.0}),
             ("atft_score", day2, {"config": "test"}), ("atft_score", day2, {"config": "test"})]
     registry = tmp_path / "registry"
     env = airflow_env(tmp_path / "airflow") | {"ATFT_REGISTRY": f"file://{registry}"}
