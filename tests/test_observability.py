@@ -64,6 +64,11 @@ def exercise_every_stage(p: MetricsPusher) -> list[Delivery]:
         p.retrain_success("2024-05-07"),
         p.task_result(p.dag_id, "train", "failed"),
         p.task_result(p.dag_id, "train", "success"),
+        p.signal_published("2024-05-07"),
+        p.drift({"ret_1d": 0.02, "vol_5d": 0.31}, {1: 0.05, 5: 0.04}),
+        p.live_metrics([{"role": r, "horizon": 1, "window": w, "rank_ic": 0.03, "ls_return": 0.001,
+                         "ls_cum": 0.02, "icir": 0.4, "hit_rate": 0.52}
+                        for r in ("champion", "shadow") for w in ("1d", "20d", "cum")], 0.0),
     ]
 
 
@@ -86,7 +91,7 @@ def value(path, name, **labels) -> float | None:
 
 # --------------------------------------------------------------------------- metric table
 def test_metric_table_follows_prometheus_conventions():
-    allowed_labels = {"horizon", "decision", "stage"}
+    allowed_labels = {"horizon", "decision", "stage", "window", "role", "feature"}
     for name, spec in METRICS.items():
         assert re.fullmatch(r"atft_[a-z0-9_]+", name), name
         assert name == spec.name

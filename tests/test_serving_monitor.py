@@ -105,4 +105,4 @@ def test_monitor_end_to_end_file_registry(market, tmp_path):
     assert s[("champion", 1, "20d")]["rank_ic"] == pytest.approx(-s[("shadow", 1, "20d")]["rank_ic"])
     text = "".join(p.read_text() for p in (tmp_path / "prom").glob("*.prom"))
     assert 'atft_live_rank_ic{dag_id="atft_score",horizon="1d",role="champion",task_id="monitor",window="20d"}' in text
-    assert "atft_live_signal_age_days" in text
+    assert "atft_live_signal_age_sessions" in text

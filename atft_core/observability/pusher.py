@@ -27,6 +27,7 @@ from atft_core.observability.metric_table import (
     STAGES,
     SUCCESS_STATES,
     TASK_FAILURES,
+    _horizon,
     _per_horizon,
     _registry,
     build_families,
@@ -286,6 +287,42 @@ class MetricsPusher:
             deadline = _day_timestamp(data_day) + 86400 * (self.cfg.stale_after_trading_days + 3)
         s.append(("atft_retrain_stale_after_timestamp_seconds", {}, deadline))
         return self.push("retrain", s)
+
+    # ---------------------------------------------------------------- serving (atft_score)
+    def signal_published(self, day: dt.date | str) -> Delivery:
+        """The champion's signal of trading day ``day`` was published: when, which day, and when
+        the next one is overdue -- 08:30 JST of the session after the next (the signal of the
+        next session D+1 must be there before the market of D+2 opens; XTKS calendar)."""
+        from atft_core import calendar as xtks
+
+        d = dt.date.fromisoformat(day) if isinstance(day, str) else day
+        due = dt.datetime.combine(xtks.add_trading_days(d, 2), dt.time(8, 30), tzinfo=TOKYO)
+        return self.push("score", [
+            ("atft_signal_last_published_timestamp_seconds", {}, self.clock()),
+            ("atft_signal_day_timestamp_seconds", {}, _day_timestamp(d)),
+            ("atft_signal_next_due_timestamp_seconds", {}, due.timestamp()),
+        ])
+
+    def drift(self, feature_psi: Mapping[str, float], prediction_psi: Mapping[int | str, float]) -> Delivery:
+        """PSI of the day's features (by name) and predictions (by horizon) vs the training window."""
+        s: list = [("atft_feature_psi", {"feature": str(k)}, v) for k, v in feature_psi.items()]
+        if prediction_psi:
+            s += _per_horizon("atft_prediction_psi", prediction_psi)
+        return self.push("score", s)
+
+    def live_metrics(self, rows: list[Mapping], signal_age_sessions: float) -> Delivery:
+        """Live performance rows (``atft_core.serving.monitor.rolling``: role, horizon, window,
+        rank_ic, ls_return, icir, hit_rate, ls_cum on "cum") and the champion signal's age."""
+        s: list = [("atft_live_signal_age_sessions", {}, signal_age_sessions)]
+        for r in rows:
+            lab = {"horizon": _horizon(r["horizon"]), "window": str(r["window"]), "role": str(r["role"])}
+            s.append(("atft_live_rank_ic", lab, r["rank_ic"]))
+            s.append(("atft_live_long_short_return", lab,
+                      r["ls_cum"] if r["window"] == "cum" else r["ls_return"]))
+            if r["window"] not in ("1d", "cum"):
+                s.append(("atft_live_rank_icir", lab, r["icir"]))
+                s.append(("atft_live_hit_rate", lab, r["hit_rate"]))
+        return self.push("monitor", s)
 
     def task_result(self, dag_id: str, task_id: str, state: str) -> Delivery:
         """An Airflow task instance finished (listener). Pushed into that task's own group.

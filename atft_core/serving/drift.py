@@ -134,12 +134,3 @@ def day_drift(signal: Any) -> dict[str, Any]:
     return {"feature_psi": fpsi, "prediction_psi": ppsi,
             "features_over_alert": sorted(k for k, v in fpsi.items() if v > PSI_ALERT)}
 
-
-def drift_samples(drift: Mapping[str, Any]) -> list[tuple[str, dict, float]]:
-    """``atft_feature_psi{feature}`` / ``atft_prediction_psi{horizon}`` gauges."""
-    if "feature_psi" not in drift:
-        return []
-    out = [("atft_feature_psi", {"feature": k}, v) for k, v in drift["feature_psi"].items()]
-    out += [("atft_prediction_psi", {"horizon": k.removeprefix("pred_")}, v)
-            for k, v in drift["prediction_psi"].items()]
-    return out

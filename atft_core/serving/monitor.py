@@ -158,20 +158,8 @@ def monitor(registry: Any, quotes: Any, as_of: dt.date | str, cfg: Any, history_
     summary = rolling(history) if history.height else []
     age = signal_age_days(latest["champion"], as_of)
     if pusher is not None:
-        pusher.push("monitor", live_samples(summary, age))
+        pusher.live_metrics(summary, age)
     return {"history_path": str(history_path), "rows": history.height, "summary": summary,
-            "signal_age_days": age,
+            "signal_age_sessions": age,
             "latest_signal": {k: str(v) if v else None for k, v in latest.items()}}
 
-
-def live_samples(summary: list[dict[str, Any]], age_days: float) -> list[tuple[str, dict, float]]:
-    """``atft_live_*`` gauges from :func:`rolling`'s rows."""
-    out: list[tuple[str, dict, float]] = [("atft_live_signal_age_days", {}, age_days)]
-    for r in summary:
-        lab = {"horizon": f"{r['horizon']}d", "window": r["window"], "role": r["role"]}
-        out.append(("atft_live_rank_ic", lab, r["rank_ic"]))
-        out.append(("atft_live_long_short_return", lab, r["ls_cum"] if r["window"] == "cum" else r["ls_return"]))
-        if r["window"] not in ("1d", "cum"):
-            out.append(("atft_live_rank_icir", lab, r["icir"]))
-            out.append(("atft_live_hit_rate", lab, r["hit_rate"]))
-    return out

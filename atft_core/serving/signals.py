@@ -166,18 +166,3 @@ def read_signals(registry: Any, role: str = "champion", start: dt.date | None = 
         return None
     return pl.concat([f for _, (_, f) in sorted(frames.items())], how="vertical_relaxed")
 
-
-def signal_samples(day: dt.date, now: float | None = None) -> list[tuple[str, dict, float]]:
-    """Freshness gauges after the champion's signal of ``day`` was published: when, which day,
-    and when the next one is overdue (08:30 JST of the session after the next: the signal of the
-    next session D+1 must be there before the market of D+2 opens)."""
-    import time
-
-    from atft_core import calendar
-
-    due_day = calendar.add_trading_days(day, 2)
-    due = dt.datetime.combine(due_day, dt.time(8, 30), tzinfo=calendar.ZONE).timestamp()
-    day_ts = dt.datetime.combine(day, dt.time(0, 0), tzinfo=calendar.ZONE).timestamp()
-    return [("atft_signal_last_published_timestamp_seconds", {}, time.time() if now is None else now),
-            ("atft_signal_day_timestamp_seconds", {}, day_ts),
-            ("atft_signal_next_due_timestamp_seconds", {}, due)]

@@ -62,12 +62,14 @@ def score(ctx: dict[str, Any], fresh: dict[str, Any], role: str = "champion") ->
     out = {"role": role, "day": str(day), "run_id": rec.run_id, "uri": rec.uri,
            "sha256": rec.sha256, "rows": rec.rows, "already_published": rec.already_published}
     if role == "champion":
-        from atft_core.serving.drift import day_drift, drift_samples
-        from atft_core.serving.signals import signal_samples
+        from atft_core.serving.drift import day_drift
 
         drift = day_drift(signal)
         pusher = _pusher(ctx, cfg, "score_champion")
-        pusher.push("score", signal_samples(day) + drift_samples(drift))
+        pusher.signal_published(day)
+        if "feature_psi" in drift:
+            pusher.drift(drift["feature_psi"],
+                         {k.removeprefix("pred_"): v for k, v in drift["prediction_psi"].items()})
         out["drift"] = drift
     return out
 
