@@ -100,7 +100,7 @@ def labels_frame(quotes: Any, cfg: Any, start: dt.date, end: dt.date) -> pl.Data
     from atft_core.features import build_features, target_columns
     from atft_core.serving.predict import _lazy
 
-    window = _lazy(quotes).filter((pl.col("Date") >= start) & (pl.col("Date") <= end)).collect()
+    window = _lazy(quotes, start=start, end=end).collect()
     if window.is_empty():
         return pl.DataFrame()
     feats = build_features(window, cfg)

@@ -64,14 +64,17 @@ def as_date(day: dt.date | str) -> dt.date:
         raise ValueError(f"date {day!r} is not YYYY-MM-DD") from None
 
 
-def _lazy(quotes: Any) -> pl.LazyFrame:
-    if isinstance(quotes, pl.LazyFrame):
-        return quotes
-    if isinstance(quotes, pl.DataFrame):
-        return quotes.lazy()
+def _lazy(quotes: Any, start: dt.date | None = None, end: dt.date | None = None) -> pl.LazyFrame:
+    """Quotes with start <= Date <= end. A store path is read through ``scan_store`` with that
+    window, so split adjustments are those known at ``end`` (point in time)."""
+    if isinstance(quotes, pl.DataFrame | pl.LazyFrame):
+        lf = quotes.lazy()
+        if start is not None:
+            lf = lf.filter(pl.col("Date") >= start)
+        return lf.filter(pl.col("Date") <= end) if end is not None else lf
     from atft_core.data.store import scan_store
 
-    return scan_store(quotes)
+    return scan_store(quotes, start=start, end=end)
 
 
 def day_window(quotes: Any, day: dt.date | str, sessions: int) -> pl.DataFrame:
@@ -79,7 +82,7 @@ def day_window(quotes: Any, day: dt.date | str, sessions: int) -> pl.DataFrame:
 
     Raises ValueError when ``day`` itself is not in the data."""
     day = as_date(day)
-    lf = _lazy(quotes).filter(pl.col("Date") <= day)
+    lf = _lazy(quotes, end=day)
     dates = lf.select(pl.col("Date").unique()).collect().get_column("Date").sort()
     if dates.is_empty() or dates[-1] != day:
         last = dates[-1] if not dates.is_empty() else None
