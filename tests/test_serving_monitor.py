@@ -106,3 +106,32 @@ def test_monitor_end_to_end_file_registry(market, tmp_path):
     text = "".join(p.read_text() for p in (tmp_path / "prom").glob("*.prom"))
     assert 'atft_live_rank_ic{dag_id="atft_score",horizon="1d",role="champion",task_id="monitor",window="20d"}' in text
     assert "atft_live_signal_age_sessions" in text
+
+
+def test_monitor_cli(market, tmp_path, capsys):
+    import json
+
+    from atft_core.cli import main
+    from atft_core.data.store import write_store
+    from atft_core.registry import Registry
+    from atft_core.serving.predict import DaySignal, rank_frame
+    from atft_core.serving.signals import publish_signal
+
+    cfg, m, signals, _labels = market
+    H = tuple(cfg.horizons)
+    write_store(m.quotes, tmp_path / "store")
+    reg = Registry(f"file://{tmp_path / 'registry'}")
+    days = signals.get_column("Date").unique().sort()[70:80].to_list()
+    for d in days:
+        f = rank_frame(signals.filter(pl.col("Date") == d), H)
+        publish_signal(reg, DaySignal(day=d, run_id="oracle", horizons=H, frame=f, data_fingerprint="x"))
+    as_of = str(signals.get_column("Date").max())
+    hist = tmp_path / "h.parquet"
+    rc = main(["monitor", "--config", "test", "--uri", reg.uri, "--data", str(tmp_path / "store"),
+               "--as-of", as_of, "--history", str(hist), "--no-push"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["rows"] == pl.read_parquet(hist).height == 10 * len(H)
+    assert out["latest_signal"]["champion"] == str(days[-1]) and out["latest_signal"]["shadow"] is None
+    rc = main(["monitor", "--uri", reg.uri, "--data", str(tmp_path / "nope"), "--as-of", as_of])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("atft monitor: --data") and err.count("\n") == 1
