@@ -135,3 +135,31 @@ def test_monitor_cli(market, tmp_path, capsys):
     rc = main(["monitor", "--uri", reg.uri, "--data", str(tmp_path / "nope"), "--as-of", as_of])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("atft monitor: --data") and err.count("\n") == 1
+
+
+def test_demo_prints_signal_locations_and_live_metrics(market, tmp_path, monkeypatch, capsys):
+    """`atft demo`'s closing lines: where day D's signals are, then live metrics once labels exist."""
+    from atft_core.commands.demo import _print_signal
+    from atft_core.registry import Registry
+    from atft_core.serving.monitor import monitor
+    from atft_core.serving.predict import DaySignal, rank_frame
+    from atft_core.serving.signals import publish_signal
+
+    cfg, m, signals, _labels = market
+    H = tuple(cfg.horizons)
+    cfg = apply_overrides(cfg, [f"work_root={tmp_path / 'work'}"])
+    reg = Registry(f"file://{tmp_path / 'registry'}")
+    monkeypatch.setenv("ATFT_REGISTRY", reg.uri)
+    days = signals.get_column("Date").unique().sort().to_list()
+    d = days[-1]
+    for day in (days[-1], days[-30]):
+        f = rank_frame(signals.filter(pl.col("Date") == day), H)
+        publish_signal(reg, DaySignal(day=day, run_id="r1", horizons=H, frame=f, data_fingerprint="x"))
+    _print_signal(cfg, str(d))
+    out = capsys.readouterr().out
+    assert f"champion signal of {d}: {reg.uri}/signals/{d}/r1.parquet" in out
+    assert f"shadow signal of {d}: none" in out and "live metrics: no history yet" in out
+    monitor(reg, m.quotes, d, cfg, tmp_path / "work" / "atft_score" / "live_history.parquet")
+    _print_signal(cfg, str(d))
+    out = capsys.readouterr().out
+    assert "live champion 1d 20d: RankIC=" in out and "over 1 days" in out
