@@ -232,6 +232,19 @@ def test_fallback_ridge_published_as_champion_and_scored_through_load_scorer(pan
     again = evaluate_ridge_run(reg.load_champion().path, feats, CFG)
     assert again["rank_ic_1d"] == pytest.approx(ridge_eval["rank_ic_1d"])
     assert again["daily"]["date"] == ridge_eval["daily"]["date"]
+    # atft predict serves a ridge champion through the same entry point (signals, ranks)
+    from atft_core.serving.predict import predict_day
+
+    quotes = generate_market(CFG.data.synthetic, CFG.horizons).quotes
+    day = panel.dates[-1]
+    signal = predict_day(reg, day, quotes)
+    served = signal.frame.sort("Code")
+    direct = scorer(feats, [day]).sort("Code")
+    assert served["Code"].to_list() == direct["Code"].cast(pl.String).to_list()
+    for h in CFG.horizons:
+        np.testing.assert_allclose(served[f"pred_{h}d"].to_numpy(), direct[f"pred_{h}d"].to_numpy(),
+                                   rtol=1e-6, atol=1e-9)
+        assert sorted(served[f"rank_{h}d"].to_list()) == list(range(1, served.height + 1))
 
 
 @pytest.mark.slow

@@ -152,25 +152,27 @@ def score_run(run_dir: str | Path, day: dt.date | str, quotes: Any, *, run_id: s
 
     Raises ValueError (one line) when the day is missing from the data or has < 2 usable stocks,
     or when the weights do not fit the run's config."""
+    from atft_core.baselines.scorer import load_scorer
     from atft_core.dataset import build_panel
     from atft_core.features import build_features
-    from atft_core.train.api import load_model, predict_window
 
     day = as_date(day)
     run_dir = Path(run_dir)
-    model, cfg, _meta = load_model(run_dir)
+    # one scoring entry point for every model family (a ridge champion is served the same way)
+    scorer = load_scorer(run_dir)
+    cfg = scorer._cfg
     window = day_window(quotes, day, history_trading_days(cfg))
     fingerprint = data_fingerprint(window)
-    panel = build_panel(build_features(window, cfg), cfg)
+    features = build_features(window, cfg)
+    panel = build_panel(features, cfg)
     if day not in panel.dates:
         raise ValueError(f"{day}: no feature rows (no stock traded that day?)")
     t = panel.dates.index(day)
     if int(panel.usable[:, t].sum()) < 2:
         raise ValueError(f"{day}: fewer than 2 stocks with {cfg.features.min_history} days of "
                          "history in the data; nothing to rank")
-    preds = predict_window(model, panel, cfg, [day], device)
-    horizons = tuple(cfg.horizons)
-    frame = rank_frame(preds.frame(), horizons)
+    horizons = tuple(scorer.horizons)
+    frame = rank_frame(scorer(features, [day]), horizons)
     ref_path = run_dir / REFERENCE_FILE
     reference = json.loads(ref_path.read_text()) if ref_path.is_file() else None
     return DaySignal(day=day, run_id=run_id or run_dir.name, horizons=horizons, frame=frame,
