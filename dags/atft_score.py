@@ -75,9 +75,14 @@ def atft_score():
     @task
     def score_champion(fresh: dict, **context) -> dict:
         """Verified champion -> D's signal (published create-only), drift and freshness gauges."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from atft_core.serving import tasks
 
-        return tasks.score(task_ctx(context), fresh, role="champion")
+        try:
+            return tasks.score(task_ctx(context), fresh, role="champion")
+        except tasks.NoChampionError as err:  # a retry cannot create a champion: fail at once
+            raise AirflowFailException(str(err)) from None
 
     @task
     def update_shadow(**context) -> dict:

@@ -43,6 +43,10 @@ def _pusher(ctx: dict[str, Any], cfg: Any, task_id: str):
     return MetricsPusher(cfg.metrics, job=cfg.metrics.job, dag_id=ctx.get("dag_id"), task_id=task_id)
 
 
+class NoChampionError(RuntimeError):
+    """No run behind the alias: nothing to serve. Not transient, so the task should not retry."""
+
+
 def score(ctx: dict[str, Any], fresh: dict[str, Any], role: str = "champion") -> dict[str, Any]:
     """Score day D with the ``role`` alias (verified load) and publish the signal. The champion's
     task also pushes drift and the signal gauges. A shadow alias that is not set: skipped."""
@@ -57,7 +61,7 @@ def score(ctx: dict[str, Any], fresh: dict[str, Any], role: str = "champion") ->
     try:
         signal = predict_day(registry, day, fresh["source"], alias=role)
     except NotFoundError as err:
-        raise RuntimeError(f"atft_score: {err}") from None
+        raise NoChampionError(f"atft_score: {err}") from None
     rec = publish_signal(registry, signal, role=role)
     out = {"role": role, "day": str(day), "run_id": rec.run_id, "uri": rec.uri,
            "sha256": rec.sha256, "rows": rec.rows, "already_published": rec.already_published}
