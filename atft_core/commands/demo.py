@@ -151,6 +151,10 @@ def _print_outcome(cfg, day: str, started: float) -> None:
                                              for k, v in c.items() if not isinstance(v, list | dict)))
     for r in d.get("reasons", []):
         print(f"     - {r}")
+    fb = d.get("fallback")
+    if isinstance(fb, dict) and fb.get("baseline"):
+        print(f"   fallback: baseline {fb['baseline']} -> {str(fb.get('decision', '?')).upper()}"
+              + "".join(f"\n     - {r}" for r in fb.get("reasons") or []))
     summary = wd / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
