@@ -26,9 +26,9 @@ from bin_helpers import (
 )
 
 from atft_core import observability as obs
-from atft_core.observability import pusher as obs_pusher
 from atft_core.config import MetricsConfig
 from atft_core.observability import METRICS, Delivery, MetricsPusher
+from atft_core.observability import pusher as obs_pusher
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "include" / "prometheus" / "rules" / "atft_alerts.yml"

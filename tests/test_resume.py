@@ -25,9 +25,9 @@ from atft_core.train.checkpoint import (
 sys.path.insert(0, str(Path(__file__).parent))
 from test_trainer import TinyModel, ToyLoader, tiny_cfg, toy_loss  # noqa: E402
 
+from atft_core.train.gpu_stats import TIMING_KEYS as TIMING  # noqa: E402
 from atft_core.train.loop import Trainer  # noqa: E402
 
-from atft_core.train.gpu_stats import TIMING_KEYS as TIMING  # noqa: E402
 OVERRIDES = ["train.phases.0.epochs=2", "train.phases.3.epochs=2"]
 
 

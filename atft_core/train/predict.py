@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from atft_core.batch import DayBatch
 from atft_core.evaluate import SHARPE_ANNUALISATION
 from atft_core.ranks import average_ranks
