@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from atft_core.config import apply_overrides, load_config
 
@@ -104,7 +105,8 @@ def test_publish_idempotent_conflict_and_cli_same_bytes(served, tmp_path):
 
     # by hand: atft predict on the same champion and data -> the same bytes
     out = tmp_path / "hand.parquet"
-    env = dict(os.environ, ATFT_REGISTRY=reg.uri)
+    # same intra-op thread count as this process: float reductions (hence the bytes) depend on it
+    env = dict(os.environ, ATFT_REGISTRY=reg.uri, OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.run([sys.executable, "-m", "atft_core.cli", "predict", "--config", "test",
                            "--data", str(served["root"] / "store"), "--date", str(day),
                            "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
