@@ -117,20 +117,11 @@ def test_retrain_dag_promotes_rejects_and_stops_on_bad_data(tmp_path, s3_endpoin
         ("2024-05-08T12:00:00+00:00", base | {"lr": 1e-7}),
         ("2024-05-09T12:00:00+00:00", base | {"data_source": str(bad_path), "data_end": bad_day}),
     ]
-    env = airflow_env(tmp_path / "airflow") | {
+    first, worse, bad = _dag_test(tmp_path, runs, {
         "ATFT_REGISTRY": f"s3://{s3_bucket}/registry",
         "AWS_ENDPOINT_URL": s3_endpoint,
         "ATFT_PUSHGATEWAY_URL": pushgateway,
-    }
-    airflow = Path(sys.executable).with_name("airflow")
-    mig = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True,
-                         timeout=300, cwd=tmp_path)
-    assert mig.returncode == 0, mig.stderr[-2000:]
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO), json.dumps(runs)], env=env,
-                          capture_output=True, text=True, timeout=1500, cwd=tmp_path)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("E2E ")]
-    assert proc.returncode == 0 and lines, (proc.stdout[-3000:], proc.stderr[-5000:])
-    first, worse, bad = json.loads(lines[-1].removeprefix("E2E "))
+    })
 
     # 1. no champion yet: promoted, published to S3, alias set
     assert first["state"] == "success", first
