@@ -272,7 +272,9 @@ class HPOConfig(_Section):
     heartbeat_s: int = Field(10, ge=1)
     grace_s: int = Field(60, ge=2)
     max_retry: int = Field(2, ge=0)
-    use_best_from: str | None = Field(None, description="best_params.yaml of a study -> overrides")
+    use_best_from: str | None = Field(
+        None, description='best_params.yaml of a study -> overrides; "latest" = the file the HPO DAG '
+                          "last wrote for hpo.study_name (none yet: no change)")
     applied_trial: str | None = Field(None, description="set by hpo.resolve_config: study#trial used")
 
 
@@ -394,8 +396,14 @@ class Config(_Section):
 # --------------------------------------------------------------------------- model identity
 # Sections (and the fields of kept sections) that say WHERE a run writes or reports, or how a
 # trained model is judged -- not what model it is: endpoints, roots, gate thresholds, HPO storage.
-DEPLOYMENT_SECTIONS = ("run_root", "work_root", "gate", "registry", "metrics", "hpo")
-DEPLOYMENT_FIELDS = {"validation": ("docs_dir",)}
+DEPLOYMENT_SECTIONS = ("run_root", "work_root", "gate", "registry", "metrics")
+# hpo: the search settings are deployment, but ``applied_trial`` (which study's best trial's
+# overrides this model trained with) is the model's provenance: the run's config.yaml, and so the
+# registry manifest that hashes it, keeps it (issue 15)
+# train.nproc: the process count does not change the objective (DDP equals one process with the
+# same global batch, tests/test_ddp.py), so a retry with another N resumes the same run
+DEPLOYMENT_FIELDS = {"validation": ("docs_dir",), "train": ("nproc",),
+                     "hpo": tuple(f for f in HPOConfig.model_fields if f != "applied_trial")}
 
 
 def model_config(cfg: Config) -> Config:

@@ -17,7 +17,9 @@ validate_conf -> check_fresh_data -> validate -> features -> train (gpu) -> eval
 * **check_fresh_data** waits (reschedule mode) until the bar of day D has landed.
 * **validate** runs the Great Expectations suite; bad data fails the run, nothing downstream runs.
 * **train** runs on the `gpu` queue / `gpu` pool (create it: `airflow pools import
-  include/airflow/pools.json`); a retry resumes the run's own checkpoint.
+  include/airflow/pools.json`); a retry resumes the run's own checkpoint. With `nproc` N > 1
+  (Param or `train.nproc`) it launches N torch.distributed ranks on that worker (NCCL, one GPU
+  each; gloo on CPU); rank 0 writes the checkpoints, resumable with any N.
 * **evaluate** scores the candidate and the current champion with one function on the *same*
   holdout window (`evaluation.json`); XComs carry paths and ids, not copies of the records.
 * **gate** promotes only above the RankIC / Sharpe thresholds and not worse than the champion
@@ -82,6 +84,9 @@ PARAMS = {
                          title="Hidden size", description="model.hidden_size", section=TRAINING),
     "seed": Param(None, type=["null", "integer"], minimum=0, maximum=2**31 - 1,
                   title="Seed", description="train.seed", section=TRAINING),
+    "nproc": Param(None, type=["null", "integer"], minimum=1, maximum=8, title="Processes (DDP)",
+                   description="train.nproc: torch.distributed ranks on the train worker, one GPU "
+                   "each (NCCL; gloo on CPU); the run resumes with any count", section=TRAINING),
     "loss_weights": Param(
         None, type=["null", "object"], additionalProperties=False,
         properties={w: LOSS_WEIGHT for w in ("mse", "rankic", "cs_ic", "sharpe")},

@@ -231,6 +231,8 @@ def test_hpo_maps_trials_over_one_study(bag, serialized):
         ({"epochs": -1}, "epochs"),
         ({"data_end": "07/05/2024"}, "data_end"),
         ({"force": "yes"}, "force"),
+        ({"nproc": 0}, "nproc"),
+        ({"nproc": 16}, "nproc"),
         ({"overrides": ["not an override"]}, "overrides"),
     ],
 )
@@ -245,7 +247,7 @@ def test_retrain_params_accept_a_full_good_form(serialized):
     conf = {"config": "demo", "epochs_per_phase": [1, 2, 1, 1], "lr": 1e-3, "hidden_size": 64,
             "loss_weights": {"rankic": 2.0, "sharpe": None}, "seed": 1, "min_rank_ic": 0.01,
             "min_sharpe": 0.3, "data_start": "2023-01-04", "data_end": "2024-05-07",
-            "overrides": ["graph.k=20"], "force": True, "actor": "quant@desk"}
+            "overrides": ["graph.k=20"], "force": True, "actor": "quant@desk", "nproc": 2}
     assert serialized["atft_retrain"].params.deep_merge(conf).validate() == conf | {
         "data_source": None, "epochs": None}
     defaults = serialized["atft_retrain"].params.deep_merge({}).validate()

@@ -296,5 +296,44 @@ def test_atft_train_nproc_2_matches_nproc_1(tmp_path):
           f"{walls['torchrun']:.1f}s, loss max abs diff {diff:.3g}")
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_retrain_train_task_launches_ddp_when_nproc_is_2(tmp_path, monkeypatch):
+    """The DAG's train task (``pipeline.train_candidate``) with the ``nproc`` Param = 2 launches two
+    gloo ranks on the run's features: same model identity and run dir as nproc 1 (the process
+    count is not part of it), the same loss curve, rank 0's epoch metrics reach the textfile, and
+    the returned references have the same shape as the one-process path."""
+    from atft_core import pipeline
+
+    for k in ("ATFT_REGISTRY", "ATFT_PUSHGATEWAY_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.chdir(tmp_path)
+    over = ["data.synthetic.n_stocks=20", "train.max_train_batches_per_epoch=2", "model.dropout=0.0",
+            "train.phases=[{name: a, epochs: 1, blocks: {gat: false, fan: false}}, "
+            "{name: b, epochs: 1, blocks: {gat: true, fan: false}, weights: {mse: 0.8, rankic: 0.1, sharpe: 0.1}}]"]
+    out = {}
+    for n in (1, 2):
+        ctx = {"dag_id": "atft_retrain", "run_id": f"manual__n{n}", "as_of": "2024-05-07", "conf": None,
+               "params": {"config": "test", "nproc": n, "overrides": over}}
+        rc = pipeline.RunContext.build(ctx)
+        feats = pipeline.build_features(ctx, pipeline.check_fresh_data(ctx))
+        for prom in Path(rc.config.metrics.textfile_dir).glob("*.prom"):
+            prom.unlink()  # what remains after n = 2 was written by its rank 0
+        out[n] = (rc, pipeline.train_candidate(ctx, feats))
+    (rc1, t1), (rc2, t2) = out[1], out[2]
+    assert rc2.config.train.nproc == 2 and rc2.identity == rc1.identity  # nproc is not identity
+    assert t2["nproc"] == 2 and set(t2) == set(t1)
+    assert Path(t2["weights_path"]).is_file() and Path(t2["weights_path"]).parent == rc2.run_dir
+    curves = [[json.loads(x) for x in (Path(t["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+              for t in (t1, t2)]
+    for key in ("train/loss", "val/loss", "val/rank_ic_1d"):
+        np.testing.assert_allclose(curve(curves[1], key), curve(curves[0], key), rtol=1e-5, atol=1e-5,
+                                   err_msg=key)
+    assert t2["best_value"] == pytest.approx(t1["best_value"], abs=1e-5)
+    prom = "".join(p.read_text() for p in Path(rc2.config.metrics.textfile_dir).glob("*.prom"))
+    epoch = [ln for ln in prom.splitlines() if ln.startswith("atft_train_epoch{")]
+    assert epoch and float(epoch[-1].split()[-1]) == 2.0, prom[:2000]  # both epochs reported
+
+
 if __name__ == "__main__":
     launch_main()

@@ -131,6 +131,45 @@ def test_bad_best_params_files_are_refused(tmp_path):
         hpo.make_storage(cfg, "optuna.db")
 
 
+def test_summarise_publishes_the_best_config_the_next_retrain_trains_with(tmp_path, monkeypatch):
+    """The HPO DAG's summarise -> ``{run_root}/hpo/{study_name}.latest.yaml``; a retrain whose config
+    says ``hpo.use_best_from: latest`` (the default config does) trains with the best trial's
+    overrides, and its training config (the run's config.yaml, hashed by the manifest) names it."""
+    from atft_core import pipeline
+    from atft_core.config import model_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg, _ = _study_with_trials(tmp_path, [0.01, 0.05, None, 0.03])
+    over = [f"hpo.storage={cfg.hpo.storage}", "hpo.study_name=b", f"run_root={tmp_path}/runs"]
+    ctx = {"dag_id": "atft_hpo", "run_id": "r1", "as_of": "2024-05-07",
+           "params": {"config": "test", "overrides": over}}
+    # no HPO result yet: "latest" trains the config as given
+    before = pipeline.task_config({**ctx, "params": {**ctx["params"], "overrides": [*over, "hpo.use_best_from=latest"]}})
+    assert before.hpo.applied_trial is None and before.model.hidden_size == load_config("test").model.hidden_size
+    out = pipeline.hpo_summarise(ctx, {"study_name": "b", "storage": cfg.hpo.storage}, [])
+    best = out["best_config"]
+    assert best["best"] == "b#1" and best["value"] == 0.05
+    latest = Path(best["latest"])
+    assert latest.parent == tmp_path / "runs" / "hpo" / "latest"
+    assert latest.read_text() == Path(best["best_params"]).read_text()
+    assert json.loads((pipeline.work_dir(ctx) / "hpo_summary.json").read_text())["best_config"]["best"] == "b#1"
+    retrain = {"dag_id": "atft_retrain", "run_id": "r2", "as_of": "2024-05-07",
+               "params": {"config": "test", "overrides": [*over, "hpo.use_best_from=latest"]}}
+    rcfg = pipeline.task_config(retrain)
+    assert rcfg.hpo.applied_trial == "b#1" and rcfg.model.hidden_size == 16
+    # the pointer is keyed by the base config: another base (a manual lr) trains as given
+    other = pipeline.task_config({**retrain, "params": {**retrain["params"], "lr": 0.005}})
+    assert other.hpo.applied_trial is None and other.train.optimizer.lr == 0.005
+    assert rcfg.train.optimizer.lr == pytest.approx(2e-4)
+    trained = model_config(rcfg)  # what train_run saves as config.yaml
+    assert trained.hpo.applied_trial == "b#1" and trained.hpo.use_best_from is None
+    assert "applied_trial: b#1" in trained.to_yaml()
+    # a study with no completed trial leaves the pointer as it was
+    cfg2, _ = _study_with_trials(tmp_path / "z", [None])
+    out2 = hpo.publish_best(pipeline.RunContext.build(ctx).base_config, cfg2.hpo.storage, "b")
+    assert out2["best"] is None and yaml.safe_load(latest.read_text())["trial"] == 1
+
+
 # --------------------------------------------------------------------------- workers + SIGKILL
 @pytest.mark.slow
 def test_killed_workers_trial_is_retried_by_the_other(tmp_path):

@@ -11,8 +11,8 @@ from atft_core.config import ConfigError, load_config, model_config, model_ident
 from atft_core.pipeline import RunConfError, RunContext
 
 DAG_PARAMS = ["actor", "config", "data_end", "data_source", "data_start", "epochs", "epochs_per_phase",
-              "force", "hidden_size", "loss_weights", "lr", "min_rank_ic", "min_sharpe", "overrides",
-              "seed"]
+              "force", "hidden_size", "loss_weights", "lr", "min_rank_ic", "min_sharpe", "nproc",
+              "overrides", "seed"]
 
 
 def ctx(run_id="scheduled__2024-05-07T09:00:00+00:00", conf=None, **params):
@@ -36,6 +36,13 @@ def test_params_map_onto_config_keys():
     assert [p.epochs for p in pipeline.task_config(ctx(epochs=3)).train.phases] == [3, 3, 3, 3]
     assert [p.epochs for p in pipeline.task_config(ctx(epochs_per_phase=[2, 0, 1, 3])).train.phases] \
         == [2, 0, 1, 3]
+
+
+def test_nproc_param_sets_train_nproc_but_not_the_model_identity():
+    one, two = pipeline.RunContext.build(ctx()), pipeline.RunContext.build(ctx(nproc=2))
+    assert two.config.train.nproc == 2 and two.training_config.train.nproc == 1
+    assert two.identity == one.identity and two.run_dir == one.run_dir  # a retry with another N resumes
+    assert pipeline.RunContext.build(ctx(seed=5)).identity != one.identity
 
 
 def test_loss_weight_params_scale_every_phase():

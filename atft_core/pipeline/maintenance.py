@@ -36,6 +36,8 @@ def hpo_summarise(ctx: dict[str, Any], study: dict[str, Any], trials: list[Any])
 
     rc = RunContext.build(ctx)
     summary = hpo.summarise(study_name=study["study_name"], storage=study["storage"])
+    # the best trial becomes the config a retrain with hpo.use_best_from=latest trains next
+    summary["best_config"] = hpo.publish_best(rc.base_config, study["storage"], study["study_name"])
     _write_json(rc.ensure_work_dir() / "hpo_summary.json", summary)
     return summary
 

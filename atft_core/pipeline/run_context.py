@@ -45,12 +45,14 @@ from atft_core.config import (
     model_config,
     model_identity_hash,
 )
+from atft_core.train import hpo  # light: yaml + config (optuna is imported inside its functions)
 
 # Airflow Param name -> dotted config key (the UI form maps onto the one typed config).
 PARAM_TO_CONFIG: dict[str, str] = {
     "lr": "train.optimizer.lr",
     "hidden_size": "model.hidden_size",
     "seed": "train.seed",
+    "nproc": "train.nproc",
     "min_rank_ic": "gate.min_rank_ic",
     "min_sharpe": "gate.min_sharpe",
     "data_source": "data.source",
@@ -58,6 +60,9 @@ PARAM_TO_CONFIG: dict[str, str] = {
     "data_end": "data.end",
 }
 LOSS_WEIGHT_PARAMS = ("mse", "rankic", "cs_ic", "sharpe")
+# DAGs that search hyper-parameters: they run the base config (never a previous search's winner,
+# so their work dirs and the key of the result they publish do not move when they publish it)
+SEARCH_DAG_IDS = ("atft_hpo",)
 
 
 class RunConfError(ConfigError):
@@ -156,12 +161,15 @@ class RunContext:
         params = dict(ctx.get("params") or {})
         check_conf_keys(ctx.get("conf"), ctx.get("param_names"))
         endpoints = dict(ctx.get("endpoints") or {})
+        dag_id = str(ctx.get("dag_id") or "adhoc")
         try:
             cfg = with_endpoints(config_from_params(params), endpoints, environ)
+            if dag_id not in SEARCH_DAG_IDS:  # hpo.use_best_from -> best trial's overrides + applied_trial
+                cfg = hpo.resolve_config(cfg)
         except ConfigError as err:  # already names the key; keep one exception family
             raise RunConfError(str(err)) from None
         as_of = ctx.get("as_of") or dt.datetime.now(calendar.ZONE).date().isoformat()  # Tokyo day
-        return cls(dag_id=str(ctx.get("dag_id") or "adhoc"), run_id=str(ctx.get("run_id") or "adhoc"),
+        return cls(dag_id=dag_id, run_id=str(ctx.get("run_id") or "adhoc"),
                    as_of=dt.date.fromisoformat(str(as_of)), config=cfg, params=params,
                    data_interval_start=ctx.get("data_interval_start"),
                    data_interval_end=ctx.get("data_interval_end"),
@@ -172,6 +180,14 @@ class RunContext:
     def identity(self) -> str:
         """:func:`model_identity_hash` of the run's config (what changes the model)."""
         return model_identity_hash(self.config)
+
+    @cached_property
+    def base_config(self) -> Config:
+        """:attr:`config` before ``hpo.use_best_from`` is applied: what an HPO run searches around
+        and keys its ``latest`` result by (:func:`atft_core.train.hpo.latest_best_path`)."""
+        if self.dag_id in SEARCH_DAG_IDS:
+            return self.config
+        return with_endpoints(config_from_params(self.params), self.endpoints)
 
     @cached_property
     def training_config(self) -> Config:

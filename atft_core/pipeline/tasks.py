@@ -18,6 +18,7 @@ Decisions (SPEC is silent):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -160,24 +161,43 @@ def train_candidate(ctx: dict[str, Any], feats: dict[str, Any] | None = None) ->
     from atft_core.train.api import train_run
 
     rc = RunContext.build(ctx)
-    frame = pl.read_parquet((feats or {}).get("features_path") or rc.work_dir / "features.parquet")
+    features_path = (feats or {}).get("features_path") or rc.work_dir / "features.parquet"
     pusher = rc.pusher("train")
+    nproc = rc.config.train.nproc
     t0 = time.perf_counter()
     try:
-        result = train_run(rc.training_config, frame, rc.run_dir, resume=True,
-                           on_epoch_end=epoch_metrics_hook(pusher, rc.config.horizons),
-                           evaluate_holdout=False)
+        if nproc > 1:  # torch.distributed on this worker (gloo on CPU, NCCL with a GPU per rank)
+            from atft_core.train import ddp
+
+            result = ddp.launch_train(rc.training_config, rc.run_dir, nproc, resume=True,
+                                      features_path=features_path,
+                                      hook_factory=functools.partial(_rank0_epoch_hook, rc),
+                                      evaluate_holdout=False)
+        else:
+            res = train_run(rc.training_config, pl.read_parquet(features_path), rc.run_dir, resume=True,
+                            on_epoch_end=epoch_metrics_hook(pusher, rc.config.horizons),
+                            evaluate_holdout=False)
+            result = {"weights_path": res.weights_path, "metrics_path": res.metrics_path,
+                      "best_value": res.best_value, "best_record": res.best, "nan_steps": res.nan_steps,
+                      "resumed_from": res.resumed_from, "train_seconds": res.train_seconds}
     except Exception:
         pusher.stage("train", success=False, seconds=time.perf_counter() - t0)
         raise
     pusher.stage("train", success=True, seconds=time.perf_counter() - t0)
     # references + the monitor's best value; the full val metrics are in metrics.json
-    return {"run_id": rc.training_run_id, "run_dir": str(rc.run_dir),
-            "weights_path": str(result.weights_path), "metrics_path": str(result.metrics_path),
-            "best_value": result.best_value if math.isfinite(result.best_value) else None,
-            "best": _headline(result.best),
-            "nan_steps": result.nan_steps, "resumed_from": result.resumed_from,
-            "train_seconds": round(result.train_seconds, 1)}
+    best_value = float(result["best_value"])
+    return {"run_id": rc.training_run_id, "run_dir": str(rc.run_dir), "nproc": nproc,
+            "weights_path": str(result["weights_path"]), "metrics_path": str(result["metrics_path"]),
+            "best_value": best_value if math.isfinite(best_value) else None,
+            "best": _headline(result["best_record"]),
+            "nan_steps": result["nan_steps"], "resumed_from": result["resumed_from"],
+            "train_seconds": round(result["train_seconds"], 1)}
+
+
+def _rank0_epoch_hook(rc: RunContext, cfg: Any):
+    """``hook_factory`` for DDP: rank 0 (a spawned process) builds the live-metrics hook from the
+    pickled run context (closures do not travel to spawned workers)."""
+    return epoch_metrics_hook(rc.pusher("train"), rc.config.horizons)
 
 
 def epoch_metrics_hook(pusher, horizons: tuple[int, ...]):

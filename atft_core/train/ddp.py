@@ -203,18 +203,21 @@ def launched_by_torchrun() -> bool:
 
 
 def _worker(cfg_yaml: str, run_dir: str, resume: bool, features_path: str | None,
-            hook_factory: Callable[[Any], Callable[[dict], None]] | None) -> dict[str, Any] | None:
+            hook_factory: Callable[[Any], Callable[[dict], None]] | None,
+            evaluate_holdout: bool = True) -> dict[str, Any] | None:
     """One rank spawned by :func:`launch_train`."""
     import logging as _logging
 
     from atft_core.config import config_from_yaml_text
 
     _logging.basicConfig(level=_logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return train_as_rank(config_from_yaml_text(cfg_yaml), run_dir, resume, features_path, hook_factory)
+    return train_as_rank(config_from_yaml_text(cfg_yaml), run_dir, resume, features_path, hook_factory,
+                         evaluate_holdout=evaluate_holdout)
 
 
 def train_as_rank(cfg, run_dir: str | Path, resume: bool, features_path: str | None = None,
-                  hook_factory: Callable[[Any], Callable[[dict], None]] | None = None) -> dict[str, Any] | None:
+                  hook_factory: Callable[[Any], Callable[[dict], None]] | None = None,
+                  evaluate_holdout: bool = True) -> dict[str, Any] | None:
     """This process as one rank (environment from torchrun / the elastic agent): join the
     group, load the data, train; rank 0 returns the run summary, the others None."""
     from atft_core.train.api import load_features, train_run
@@ -230,7 +233,8 @@ def train_as_rank(cfg, run_dir: str | Path, resume: bool, features_path: str | N
         else:
             data = load_features(cfg)
         hook = hook_factory(cfg) if (hook_factory is not None and ctx.is_main) else None
-        res = train_run(cfg, data, run_dir, resume=resume, on_epoch_end=hook, dist=ctx)
+        res = train_run(cfg, data, run_dir, resume=resume, on_epoch_end=hook, dist=ctx,
+                        evaluate_holdout=evaluate_holdout)
         return run_summary(res) if ctx.is_main else None
     finally:
         import torch.distributed as dist
@@ -243,6 +247,8 @@ def run_summary(res) -> dict[str, Any]:
     """The JSON-able headline of a TrainResult (what ``atft train`` prints)."""
     hold = {k: v for k, v in res.holdout_metrics.items() if not isinstance(v, dict | list)}
     return {"run_dir": str(res.run_dir), "best": res.best.get("value"), "best_epoch": res.best.get("epoch"),
+            "best_value": res.best_value, "best_record": dict(res.best),
+            "weights_path": str(res.weights_path), "metrics_path": str(res.metrics_path),
             "nan_steps": res.nan_steps, "resumed_from": res.resumed_from,
             "skipped_checkpoints": list(res.skipped_checkpoints), "moved_aside": res.moved_aside,
             "holdout": hold,
@@ -290,7 +296,8 @@ def run_workers(entrypoint: Callable[..., Any], args: tuple, nproc: int,
 
 def launch_train(cfg, run_dir: str | Path, nproc: int, *, resume: bool = True,
                  features_path: str | Path | None = None,
-                 hook_factory: Callable[[Any], Callable[[dict], None]] | None = None) -> dict[str, Any]:
+                 hook_factory: Callable[[Any], Callable[[dict], None]] | None = None,
+                 evaluate_holdout: bool = True) -> dict[str, Any]:
     """Train ``cfg`` in ``run_dir`` with ``nproc`` processes on this machine.
 
     Args:
@@ -298,6 +305,7 @@ def launch_train(cfg, run_dir: str | Path, nproc: int, *, resume: bool = True,
             builds ``load_features(cfg)`` (deterministic).
         hook_factory: a picklable (module-level) ``f(cfg) -> on_epoch_end`` built on rank 0 (the
             workers are spawned, closures do not travel).
+        evaluate_holdout: as for ``train_run`` (the retrain pipeline scores the holdout itself).
     Returns rank 0's :func:`run_summary`. Raises :class:`LaunchError` when a rank dies.
     """
     from atft_core.train.api import prepare_run_dir
@@ -307,5 +315,6 @@ def launch_train(cfg, run_dir: str | Path, nproc: int, *, resume: bool = True,
     # the run-dir checks (resume point, its config, foreign files) as one clear error here rather
     # than as a dead rank; idempotent, the ranks' train_run repeats them
     prepare_run_dir(cfg, Path(run_dir), resume)
-    args = (cfg.to_yaml(), str(run_dir), resume, str(features_path) if features_path else None, hook_factory)
+    args = (cfg.to_yaml(), str(run_dir), resume, str(features_path) if features_path else None, hook_factory,
+            evaluate_holdout)
     return run_workers(_worker, args, nproc)[0]

@@ -307,6 +307,41 @@ def best_params_path(cfg: Config, study: str) -> Path:
     return Path(cfg.run_root) / "hpo" / study / "best_params.yaml"
 
 
+LATEST = "latest"
+
+
+def latest_best_path(cfg: Config) -> Path:
+    """Where the newest HPO result for this BASE config lives (what ``hpo.use_best_from: latest``
+    reads): ``{run_root}/hpo/latest/{identity16}.yaml``, keyed by the model identity of the config
+    before any best trial is applied. Why keyed: every config file inherits ``default.yaml``, so a
+    single pointer would hand one config's HPO winner to another (or to a manual run with its own
+    lr); this way only a retrain whose config equals the HPO run's picks the winner up."""
+    from atft_core.config import model_identity_hash
+
+    if cfg.hpo.applied_trial:
+        raise ValueError("latest_best_path needs the base config (before hpo.resolve_config)")
+    return Path(cfg.run_root) / "hpo" / "latest" / f"{model_identity_hash(cfg)[:16]}.yaml"
+
+
+def publish_best(cfg: Config, storage: str, study: str) -> dict[str, Any]:
+    """The HPO DAG's last step: the study's best trial as ``best_params.yaml`` in its study dir
+    and as the ``latest`` pointer (:func:`latest_best_path` of ``cfg``, the HPO run's base config)
+    that the next retrain of that config picks up (both atomic; the pointer is a copy,
+    not a link, so an S3-synced run root carries it too). Returns the paths and the trial, or
+    ``{"best": None}`` when no trial completed (the pointer is then left as it was)."""
+    from atft_core.atomic import atomic_write_text
+
+    try:
+        path = write_best_overrides(storage, study, best_params_path(cfg, study))
+    except LookupError as err:
+        log.warning("hpo: %s; the latest best config is unchanged", err)
+        return {"best": None, "reason": str(err)}
+    latest = atomic_write_text(latest_best_path(cfg), path.read_text())
+    best = yaml.safe_load(path.read_text())
+    return {"best": f"{study}#{best['trial']}", "value": best["value"], "best_params": str(path),
+            "latest": str(latest)}
+
+
 def write_best_overrides(storage: str, study: str, path: str | Path) -> Path:
     """:func:`best_trial_overrides` as YAML at ``path`` (atomically); point
     ``hpo.use_best_from`` at it to retrain with the winner."""
@@ -323,7 +358,10 @@ def resolve_config(cfg: Config) -> Config:
     src = cfg.hpo.use_best_from
     if not src:
         return cfg
-    path = Path(src)
+    path = latest_best_path(cfg) if src == LATEST else Path(src)
+    if src == LATEST and not path.is_file():
+        log.info("hpo.use_best_from=latest: no HPO result at %s yet; training the config as given", path)
+        return cfg
     try:
         best = yaml.safe_load(path.read_text())
     except OSError as err:
