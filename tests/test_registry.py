@@ -550,6 +550,44 @@ def test_s3_via_airflow_connection_env_and_multipart(s3_bucket, s3_endpoint, tmp
     assert reg.load_run("big").state_dict()["w"].numel() == 3 * 1024 * 1024
 
 
+def test_publish_reports_byte_progress_to_the_log(reg, tmp_path, caplog, monkeypatch):
+    """Issue 13 item 4: a publish logs its progress (log lines in a task log, a bar on a terminal);
+    the bytes reported add up to the run's published files exactly, over the file store and over
+    S3's transfer manager (its per-chunk subscriber callbacks)."""
+    import logging
+
+    import atft_core.progress as progress_mod
+
+    seen: list[int] = []
+    real = progress_mod.byte_progress
+
+    def spy(total, desc, **kw):  # wraps the real reporter: counts the bytes it is given
+        cm = real(total, desc, **kw)
+
+        class Wrapped:
+            def __enter__(self):
+                upd = cm.__enter__()
+                seen.append(total)
+                return lambda n: (seen.append(-int(n)), upd(n))
+
+            def __exit__(self, *exc):
+                return cm.__exit__(*exc)
+
+        return Wrapped()
+
+    import atft_core.registry.registry as registry_mod
+
+    monkeypatch.setattr(registry_mod, "byte_progress", spy)
+    run = make_run_dir(tmp_path / "p", "P", n_floats=300_000)  # ~1.2 MB of weights
+    total = sum(f.stat().st_size for f in run.iterdir() if f.is_file() and f.name != "checkpoints")
+    with caplog.at_level(logging.INFO, logger="atft.registry"):
+        reg.publish(run, progress=False)
+    assert seen[0] == sum(f.size for f in reg.read_manifest("P")[0].files)
+    assert -sum(seen[1:]) == seen[0] and seen[0] <= total
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("publish P -> ")]
+    assert lines and "(100%)" in lines[-1] and "MB/s" in lines[-1]
+
+
 # --------------------------------------------------------------------------- CLI
 def test_cli_publish_promote_show_list_verify_rollback(tmp_path, capsys):
     from atft_core.cli import main

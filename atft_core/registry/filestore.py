@@ -9,7 +9,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from atft_core.atomic import fsync_dir
@@ -48,7 +48,8 @@ class FileStore:
         return self.root / check_key(key)
 
     @staticmethod
-    def _write_temp(dir_: Path, data: bytes | None = None, src: Path | None = None) -> Path:
+    def _write_temp(dir_: Path, data: bytes | None = None, src: Path | None = None,
+                    on_bytes: Callable[[int], None] | None = None) -> Path:
         dir_.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dir_)
         try:
@@ -60,6 +61,8 @@ class FileStore:
                     with open(src, "rb") as s:
                         while block := s.read(4 * MB):
                             f.write(block)
+                            if on_bytes is not None:
+                                on_bytes(len(block))
                 f.flush()
                 os.fsync(f.fileno())
         except BaseException:
@@ -155,9 +158,10 @@ class FileStore:
                 os.unlink(tmp)
         return etag
 
-    def put_file(self, key: str, path: Path, *, sha256: str) -> None:
+    def put_file(self, key: str, path: Path, *, sha256: str,
+                 on_bytes: Callable[[int], None] | None = None) -> None:
         final = self._path(key)
-        tmp = self._write_temp(final.parent, src=Path(path))
+        tmp = self._write_temp(final.parent, src=Path(path), on_bytes=on_bytes)
         if is_immutable(key):
             self._create_only(final, tmp, key)
         else:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -43,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from atft_core.progress import byte_progress
 from atft_core.registry.errors import (
     AliasConflictError,
     AlreadyExistsError,
@@ -72,6 +74,8 @@ from atft_core.registry.runcheck import check_run_agrees, read_weights_metadata
 from atft_core.registry.selfcheck import BackendCheck, ensure_safe_backend
 from atft_core.registry.selfcheck import probe as probe_backend
 from atft_core.registry.store import MB, FileStore, ObjectStore, S3Store, new_txn_id, open_store
+
+log = logging.getLogger("atft.registry")
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -227,8 +231,10 @@ class Registry:
 
     # ----------------------------------------------------------------- publish
     def publish(self, run_dir: str | Path, run_id: str | None = None, *,
-                data_fingerprint: str | None = None) -> PublishResult:
+                data_fingerprint: str | None = None, progress: bool | None = None) -> PublishResult:
         """Publish ``run_dir`` as immutable version ``run_id`` (default: the directory name).
+
+        ``progress``: a byte bar (True), log lines (False) or a bar only on a terminal (None).
 
         Raises:
             InvalidNameError: unsafe run id (before any write).
@@ -274,18 +280,11 @@ class Registry:
 
         self._before_write()
         uploaded, reused = [], []
-        for f in files:
-            key = self._run_key(run_id, f.name)
-            try:
-                self.store.put_file(key, run_dir / f.name, sha256=f.sha256)
-                uploaded.append(f.name)
-            except AlreadyExistsError:
-                info = self.store.head(key)
-                if info is None or info.size != f.size or info.metadata.get("sha256") != f.sha256:
-                    raise PublishError(
-                        f"run {run_id}: {f.name} already exists in {self.uri} with different "
-                        "content; run ids are immutable -- publish under a new run id") from None
-                reused.append(f.name)
+        total = sum(f.size for f in files)
+        with byte_progress(total, f"publish {run_id} -> {self.uri}", logger=log,
+                           interactive=progress) as on_bytes:
+            for f in files:
+                self._put_one(run_id, run_dir, f, on_bytes, uploaded, reused)
         data = manifest.to_bytes()
         try:
             self.store.put_bytes(self._run_key(run_id, "manifest.json"), data, if_none_match=True)
@@ -295,6 +294,23 @@ class Registry:
             return self._same_or_conflict(existing, manifest)
         return PublishResult(manifest, hashlib.sha256(data).hexdigest(), tuple(uploaded),
                              tuple(reused), already_published=False)
+
+    def _put_one(self, run_id: str, run_dir: Path, f: RunFile, on_bytes, uploaded: list[str],
+                 reused: list[str]) -> None:
+        """Upload one run file create-only; an existing identical object (a publish that died
+        before its manifest) is reused, a different one refused."""
+        key = self._run_key(run_id, f.name)
+        try:
+            self.store.put_file(key, run_dir / f.name, sha256=f.sha256, on_bytes=on_bytes)
+            uploaded.append(f.name)
+        except AlreadyExistsError:
+            info = self.store.head(key)
+            if info is None or info.size != f.size or info.metadata.get("sha256") != f.sha256:
+                raise PublishError(
+                    f"run {run_id}: {f.name} already exists in {self.uri} with different "
+                    "content; run ids are immutable -- publish under a new run id") from None
+            on_bytes(f.size)
+            reused.append(f.name)
 
     @staticmethod
     def _config_sha256(path: Path) -> str:

@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -277,15 +277,17 @@ class S3Store:
 
         return create_transfer_manager(self.client, self.transfer_config)
 
-    def put_file(self, key: str, path: Path, *, sha256: str) -> None:
+    def put_file(self, key: str, path: Path, *, sha256: str,
+                 on_bytes: Callable[[int], None] | None = None) -> None:
         from botocore.exceptions import ClientError
 
         full = self._full(key)
         extra = {"ChecksumAlgorithm": self.checksum_algorithm, "Metadata": {"sha256": sha256}}
+        subscribers = [_bytes_subscriber(on_bytes)] if on_bytes is not None else None
 
         def upload() -> None:
             with self._manager() as tm:
-                tm.upload(str(path), self.bucket, full, extra_args=extra).result()
+                tm.upload(str(path), self.bucket, full, extra_args=extra, subscribers=subscribers).result()
 
         try:
             self._bounded(f"upload {key}", upload,
@@ -385,3 +387,16 @@ class S3Store:
         full = self._full(item.key)
         self._bounded(f"AbortMultipartUpload {item.key}", lambda: self.client.abort_multipart_upload(
             Bucket=self.bucket, Key=full, UploadId=item.upload_id))
+
+
+
+def _bytes_subscriber(on_bytes: Callable[[int], None]):
+    """An s3transfer subscriber forwarding ``on_progress`` byte counts (a retried part reports
+    negative bytes: passed on, so the total stays right). Built lazily: s3transfer is boto3's."""
+    from s3transfer.subscribers import BaseSubscriber
+
+    class BytesSubscriber(BaseSubscriber):
+        def on_progress(self, future, bytes_transferred: int, **kwargs) -> None:
+            on_bytes(bytes_transferred)
+
+    return BytesSubscriber()

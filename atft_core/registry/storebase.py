@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -60,7 +60,8 @@ class ObjectStore(Protocol):
     def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False,
                   if_match: str | None = None) -> str: ...
 
-    def put_file(self, key: str, path: Path, *, sha256: str) -> None: ...
+    def put_file(self, key: str, path: Path, *, sha256: str,
+                 on_bytes: Callable[[int], None] | None = None) -> None: ...
 
     def get_bytes(self, key: str) -> tuple[bytes, str]: ...
 
