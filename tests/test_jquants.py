@@ -203,6 +203,15 @@ def test_split_between_two_nightly_fetches_is_continuous(env, server, tmp_path):
     assert adjusted.bad_ticks.height == 0
     raw = validate_quotes(str(store), cfg.validation, start=DAYS[0], end=DAYS[44])
     assert raw.bad_ticks.select("Date", "Code").rows() == [(split_day, "1308")]
+    # `atft validate STORE` judges the same adjusted view as the pipeline (it read the raw files)
+    import json
+
+    from atft_core.cli import main as atft
+
+    out = tmp_path / "v.json"
+    atft(["validate", str(store), "--start", str(DAYS[0]), "--end", str(DAYS[44]), "--as-of",
+          str(DAYS[44]), "--docs", str(tmp_path / "docs"), "--json", str(out)])
+    assert json.loads(out.read_text())["bad_ticks_count"] == 0
     # re-running the split day (refetch) cannot apply the factor twice
     fetch_range(_feed(), split_day, split_day, str(store), refetch=True, progress=False)
     assert read_quotes(store, codes=["1307"]).equals(got)

@@ -41,6 +41,7 @@ def _validate(args) -> int:
     from pathlib import Path
 
     from atft_core.config import load_config
+    from atft_core.data.store import StoreError, is_partitioned_store, read_quotes
     from atft_core.validation import UnreadableInputError, validate_quotes
 
     cfg = load_config(args.config, args.overrides)
@@ -51,9 +52,13 @@ def _validate(args) -> int:
         return 2
     docs = Path(args.docs or cfg.validation.docs_dir)
     try:
-        report = validate_quotes(args.path, cfg.validation, as_of=as_of, docs_dir=docs,
+        # a day-partitioned store is judged as the pipeline reads it: split-adjusted (a fetched
+        # split is not a bad tick), exactly as the retrain's validate task does
+        data = (read_quotes(args.path, start=args.start, end=args.end)
+                if is_partitioned_store(args.path) else args.path)
+        report = validate_quotes(data, cfg.validation, as_of=as_of, docs_dir=docs,
                                  start=args.start, end=args.end)
-    except UnreadableInputError as err:
+    except (UnreadableInputError, StoreError) as err:
         print(f"atft validate: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # e.g. --as-of outside the XTKS calendar's range
