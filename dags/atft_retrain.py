@@ -7,13 +7,18 @@ Asia/Tokyo). The run for trading day **D** has the data interval
 year-end closure (Dec 31 - Jan 3) get no run; the next session's run covers them.
 
 ```
-validate_conf -> check_fresh_data -> validate -> features -> train (gpu) -> evaluate -> gate -+-> publish ------+-> metrics
-                                                                                               +-> skip_publish -+
+validate_conf -> not_done_today -> check_fresh_data -> validate -> features -> train (gpu) -> evaluate -> gate -+-> publish ------+-> metrics
+                                                                                                                +-> skip_publish -+
 ```
 
 * **validate_conf** turns the whole conf (Params + dotted overrides) into the typed config
   before any work; an unknown key or a bad value fails the run at once, **without retries**.
 
+* **not_done_today** ends an automatic run early (every later task skipped) when a run of the
+  same trading day and model identity already completed: the quotes-store Asset (atft_ingest's
+  commit, ~17:35 JST) and the 18:00 timetable both trigger on a normal day, and
+  `max_active_runs=1` queues the second behind the first. A failed run leaves no record, so the
+  next trigger retrains; manual runs always run.
 * **check_fresh_data** waits (reschedule mode) until the bar of day D has landed.
 * **validate** runs the Great Expectations suite; bad data fails the run, nothing downstream runs.
 * **train** runs on the `gpu` queue / `gpu` pool (create it: `airflow pools import
@@ -147,6 +152,18 @@ def atft_retrain():
         except pipeline.RunConfError as err:
             raise AirflowFailException(f"atft_retrain: {err}") from None
 
+    @task.short_circuit
+    def not_done_today(conf_ok: dict, **context) -> dict | bool:
+        """Skip the rest when this trading day's retrain already completed with the same model
+        (the Asset event and the 18:00 timetable both trigger on a normal day); manual runs never skip."""
+        from atft_core import pipeline
+
+        done = pipeline.day_already_retrained(task_ctx(context))
+        if done:
+            log.info("day already retrained by %s (%s): skipping", done.get("run_id"), done.get("decision"))
+            return False
+        return conf_ok
+
     @task.sensor(poke_interval=15 * 60, timeout=6 * 3600, mode="reschedule")
     def check_fresh_data(conf_ok: dict, **context) -> PokeReturnValue:
         """Wait until the latest expected trading day's quotes are in the data store."""
@@ -228,7 +245,7 @@ def atft_retrain():
         doc_md="The gate rejected the candidate: the champion stays; see the gate's decision XCom.",
     )
 
-    trained = train(features(validate(check_fresh_data(validate_conf()))))
+    trained = train(features(validate(check_fresh_data(not_done_today(validate_conf())))))
     evaluation = evaluate(trained)
     decided = gate(evaluation)
     decision = decided["decision"]

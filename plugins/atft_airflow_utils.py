@@ -1,7 +1,7 @@
 """Airflow-side glue shared by the atft DAGs: Airflow context -> the plain ``ctx`` dict that
 :class:`atft_core.pipeline.RunContext` is built from (once per task)::
 
-    {"dag_id", "run_id", "data_interval_start", "data_interval_end" (ISO, UTC),
+    {"dag_id", "run_id", "run_type", "data_interval_start", "data_interval_end" (ISO, UTC),
      "as_of" (YYYY-MM-DD: the JPX trading day of data_interval_end in Asia/Tokyo),
      "params": {...}, "try_number", "conf": {...trigger conf...}, "param_names": [...],
      "endpoints": {...resolved with Airflow's hooks...}}
@@ -90,6 +90,9 @@ def task_ctx(context: Mapping[str, Any], *, endpoints: bool = True) -> dict[str,
     ctx = {
         "dag_id": dag_run.dag_id,
         "run_id": dag_run.run_id,
+        # "scheduled" / "asset_triggered" / "manual" / "backfill" (DagRunType's value)
+        "run_type": str(getattr(getattr(dag_run, "run_type", None), "value", None) or
+                        getattr(dag_run, "run_type", None) or ""),
         "data_interval_start": _iso(start if start is not None else end),
         "data_interval_end": _iso(end),
         "as_of": pendulum.instance(end).in_timezone(TOKYO).date().isoformat(),

@@ -174,7 +174,8 @@ def test_retrain_task_graph(bag):
     dag = bag.dags["atft_retrain"]
     edges = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
     assert edges == {
-        "validate_conf": {"check_fresh_data"},
+        "validate_conf": {"not_done_today"},
+        "not_done_today": {"check_fresh_data"},
         "check_fresh_data": {"validate"},
         "validate": {"features"},
         "features": {"train"},
@@ -518,6 +519,7 @@ fake.evaluate_holdout = rec("evaluate_holdout", {"evaluation_path": "w/evaluatio
 fake.gate = rec("gate", lambda ctx, ev: {"decision": state["decision"], "reasons": ["why"]})
 fake.publish = rec("publish", {"run_id": "r1", "uri": "file://reg/runs/r1"})
 fake.report_metrics = rec("report_metrics", {"ok": True})
+fake.day_already_retrained = rec("day_already_retrained", lambda ctx: state.get("done"))
 import atft_core
 sys.modules["atft_core.pipeline"] = fake
 atft_core.pipeline = fake
@@ -533,6 +535,11 @@ for decision, day in (("promote", 7), ("reject", 8)):
                   run_conf={"config": "test", "lr": 0.001})
     out[decision] = {"state": str(dr.state), "calls": list(calls),
                      "tis": {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}}
+state["done"] = {"run_id": "scheduled__earlier", "decision": "promote"}  # the day was retrained
+del calls[:]
+dr = dag.test(logical_date=pendulum.datetime(2024, 5, 9, 12, tz="UTC"), run_conf={"config": "test"})
+out["done"] = {"state": str(dr.state), "calls": list(calls),
+               "tis": {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}}
 print("E2E_RESULT " + json.dumps(out, default=str))
 """
 
@@ -555,13 +562,20 @@ def test_dag_test_runs_the_retrain_wiring_end_to_end(tmp_path):
 
     promote, reject = out["promote"], out["reject"]
     assert promote["state"] == reject["state"] == "success"
-    order = ["validate_conf", "check_fresh_data", "validate_data", "build_features", "train_candidate",
+    order = ["validate_conf", "day_already_retrained", "check_fresh_data", "validate_data", "build_features", "train_candidate",
              "evaluate_holdout", "gate"]
     assert [c["fn"] for c in promote["calls"]] == [*order, "publish", "report_metrics"]
     assert [c["fn"] for c in reject["calls"]] == [*order, "report_metrics"]
     assert promote["tis"]["skip_publish"] == "skipped" and promote["tis"]["publish"] == "success"
     assert reject["tis"]["publish"] == "skipped" and reject["tis"]["skip_publish"] == "success"
     assert reject["tis"]["metrics"] == "success"
+    # a day already retrained: the short-circuit skips every later task, metrics included
+    done = out["done"]
+    assert done["state"] == "success" and [c["fn"] for c in done["calls"]] == ["validate_conf",
+                                                                               "day_already_retrained"]
+    assert done["tis"]["not_done_today"] == "success"
+    assert {t: st for t, st in done["tis"].items() if t not in ("validate_conf", "not_done_today")} == \
+        {t: "skipped" for t in done["tis"] if t not in ("validate_conf", "not_done_today")}
 
     ctx = promote["calls"][0]["ctx"]  # logical date Tue 2024-05-07 21:00 JST
     assert ctx["conf"] == {"config": "test", "lr": 0.001} and "overrides" in ctx["param_names"]
@@ -569,7 +583,7 @@ def test_dag_test_runs_the_retrain_wiring_end_to_end(tmp_path):
     assert ctx["data_interval_start"] == "2024-05-02T09:00:00+00:00"  # Golden Week closure
     assert ctx["data_interval_end"] == "2024-05-07T09:00:00+00:00"
     assert ctx["params"]["lr"] == 0.001 and ctx["params"]["config"] == "test"
-    assert ctx["try_number"] == 1 and ctx["dag_id"] == "atft_retrain"
+    assert ctx["try_number"] == 1 and ctx["dag_id"] == "atft_retrain" and ctx["run_type"] == "manual"
     assert reject["calls"][0]["ctx"]["as_of"] == "2024-05-08"
     # hand-offs: each call gets its upstream's result
     by_fn = {c["fn"]: c["args"] for c in promote["calls"]}

@@ -45,6 +45,30 @@ def test_nproc_param_sets_train_nproc_but_not_the_model_identity():
     assert pipeline.RunContext.build(ctx(seed=5)).identity != one.identity
 
 
+def test_automatic_runs_skip_a_trading_day_already_retrained(tmp_path, monkeypatch):
+    """AssetOrTimeSchedule fires twice on a normal day (the ingest Asset at ~17:35, the 18:00
+    timetable): the second automatic run of the same day and model identity finds the first's
+    completion record (written by the last task) and skips; manual runs, another day or another
+    identity never do, and a torn record means "not done"."""
+    monkeypatch.chdir(tmp_path)
+    asset = {**ctx(run_id="asset_triggered__2024-05-07T08:35:00+00:00"), "run_type": "asset_triggered"}
+    sched = {**ctx(run_id="scheduled__2024-05-07T09:00:00+00:00"), "run_type": "scheduled"}
+    manual = {**ctx(run_id="manual__2024-05-07T09:30:00+00:00"), "run_type": "manual"}
+    assert pipeline.day_already_retrained(sched) is None  # nothing completed yet
+    ev = tmp_path / "evaluation.json"
+    ev.write_text(json.dumps({"candidate": {"rank_ic_1d": 0.02}, "champion": None, "champion_run_id": None}))
+    pipeline.report_metrics(asset, {"run_id": "r1", "run_dir": "runs/r1"}, {"evaluation_path": str(ev)},
+                            {"decision": "promote", "reasons": []}, {"uri": "file://reg/runs/r1"})
+    done = pipeline.day_already_retrained(sched)
+    assert done["run_id"] == asset["run_id"] and done["decision"] == "promote"
+    assert pipeline.day_already_retrained(manual) is None  # a person asked for it: it runs
+    assert pipeline.day_already_retrained({**sched, "as_of": "2024-05-08"}) is None  # another day
+    other = {**sched, "params": {**sched["params"], "seed": 99}}
+    assert pipeline.day_already_retrained(other) is None  # another model identity
+    RunContext.build(sched).day_marker.write_text('{"run_id": ')  # torn
+    assert pipeline.day_already_retrained(sched) is None
+
+
 def test_loss_weight_params_scale_every_phase():
     base = pipeline.task_config(ctx())
     cfg = pipeline.task_config(ctx(loss_weights={"rankic": 2.0, "mse": None}))

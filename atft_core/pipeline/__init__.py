@@ -19,6 +19,7 @@ from atft_core.pipeline.tasks import (
     DataNotFresh,
     build_features,
     check_fresh_data,
+    day_already_retrained,
     epoch_metrics_hook,
     evaluate_holdout,
     gate,
@@ -45,7 +46,7 @@ def work_dir(ctx, cfg=None):
 
 __all__ = [
     "LOSS_WEIGHT_PARAMS", "PARAM_TO_CONFIG", "DataNotFresh", "RunConfError", "RunContext",
-    "build_features", "check_conf_keys", "check_fresh_data", "config_from_params",
+    "build_features", "check_conf_keys", "check_fresh_data", "day_already_retrained", "config_from_params",
     "epoch_metrics_hook", "evaluate_holdout", "gate", "hpo_create_study", "hpo_run_trial",
     "hpo_summarise", "metrics_config_for", "publish", "report_metrics", "retrain_summary",
     "rollback", "score_on_holdout", "task_config", "train_candidate", "validate_conf",

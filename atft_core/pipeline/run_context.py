@@ -152,6 +152,7 @@ class RunContext:
     data_interval_end: str | None = None
     try_number: int = 1
     endpoints: Mapping[str, Any] = field(default_factory=dict)
+    run_type: str = ""  # Airflow's DagRunType value; "" outside Airflow
 
     @classmethod
     def build(cls, ctx: Mapping[str, Any] | RunContext, environ: Mapping[str, str] | None = None) -> RunContext:
@@ -173,7 +174,8 @@ class RunContext:
                    as_of=dt.date.fromisoformat(str(as_of)), config=cfg, params=params,
                    data_interval_start=ctx.get("data_interval_start"),
                    data_interval_end=ctx.get("data_interval_end"),
-                   try_number=int(ctx.get("try_number") or 1), endpoints=endpoints)
+                   try_number=int(ctx.get("try_number") or 1), endpoints=endpoints,
+                   run_type=str(ctx.get("run_type") or ""))
 
     # ------------------------------------------------------------------ identity
     @cached_property
@@ -208,6 +210,12 @@ class RunContext:
     def work_dir(self) -> Path:
         """This run's intermediates: ``{work_root}/{dag_id}/{day}/{run_key}`` (not created)."""
         return Path(self.config.work_root) / _safe(self.dag_id) / str(self.data_end) / self.run_key
+
+    @property
+    def day_marker(self) -> Path:
+        """``{work_root}/{dag_id}/{day}/retrained.{identity16}.json``: written when a run of this
+        trading day and model identity completed, read by :func:`~.tasks.day_already_retrained`."""
+        return self.work_dir.parent / f"retrained.{self.identity[:16]}.json"
 
     def ensure_work_dir(self) -> Path:
         self.work_dir.mkdir(parents=True, exist_ok=True)

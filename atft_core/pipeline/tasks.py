@@ -65,6 +65,26 @@ def validate_conf(ctx: dict[str, Any]) -> dict[str, Any]:
             "config": rc.params.get("config") or "default", "data_end": str(rc.data_end)}
 
 
+AUTOMATIC_RUN_TYPES = ("scheduled", "asset_triggered")
+
+
+def day_already_retrained(ctx: dict[str, Any]) -> dict[str, Any] | None:
+    """For an automatic run (the 18:00 timetable or the quotes-store Asset event): the record of
+    an earlier run that completed this trading day's retrain with the same model identity, else
+    None. Why: ``AssetOrTimeSchedule`` fires twice on a normal day (the feed lands at ~17:35, the
+    timetable at 18:00); ``max_active_runs=1`` queues the second behind the first, which then
+    finds the day done and skips instead of training and gating the same day again. A run that
+    failed leaves no record, so the next trigger retrains. Manual and backfill runs never skip."""
+    rc = RunContext.build(ctx)
+    if rc.run_type not in AUTOMATIC_RUN_TYPES or not rc.day_marker.is_file():
+        return None
+    try:
+        return _read_json(rc.day_marker)
+    except ValueError:  # a torn or foreign file is not a completed run: retrain
+        log.warning("ignoring unreadable day marker %s", rc.day_marker)
+        return None
+
+
 def check_fresh_data(ctx: dict[str, Any]) -> dict[str, Any]:
     """Locate the raw quotes for this run and check the latest expected day is present.
 
@@ -423,5 +443,7 @@ def report_metrics(ctx: dict[str, Any], trained: dict[str, Any], evaluation: dic
     path = rc.ensure_work_dir() / "summary.json"
     _write_json(path, summary)
     rc.pusher("metrics").retrain_success(data_day=rc.data_end)
+    _write_json(rc.day_marker, {"run_id": rc.run_id, "run_type": rc.run_type, "decision": summary["decision"],
+                                "summary_path": str(path), "identity": rc.identity})
     return {"summary_path": str(path), "decision": summary["decision"],
             "champion_run_id": summary["champion_run_id"], "published_uri": summary["published_uri"]}
