@@ -30,16 +30,20 @@ Decisions (SPEC is silent or leaves a choice):
   Nothing is fitted across days, so there is no train-window statistic that could leak.
   Nulls stay null here (the panel turns them into 0 = the day's median).
 
+Computation: :func:`build_features` runs on a dense (day x stock) numpy grid
+(:mod:`atft_core.features_grid`, which says why and how it stays exact); the straightforward pandas
+version :func:`build_features_pandas` is the independent reference tests and the benchmark use.
+
 Extra, non-feature columns: ``history_days`` (real rows of the stock up to and including t) and
 ``ret_1d_raw`` (the raw 1-day log return; the graph's correlation input).
 """
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import polars as pl
 
+from atft_core import features_grid as grid
 from atft_core.config import Config
 from atft_core.data.schema import check_schema, complete_optional
 
@@ -80,7 +84,7 @@ def target_columns(horizons: tuple[int, ...]) -> tuple[str, ...]:
 
 def min_samples(window: int) -> int:
     """Rolling statistics need at least half the window (and 2 points for a std)."""
-    return max(2, math.ceil(window / 2))
+    return grid.min_samples(window)
 
 
 # --------------------------------------------------------------------------- steps
@@ -100,164 +104,84 @@ def _clean(quotes: pl.DataFrame | pl.LazyFrame, mask: pl.DataFrame | None) -> pl
     return lf
 
 
-def _dense_grid(lf: pl.LazyFrame, all_dates: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per (Code, market date) inside each code's listing span; ``present`` marks real rows."""
-    dates = all_dates.with_row_index("t").with_columns(pl.col("t").cast(pl.Int64))
-    real = lf.join(dates, on="Date", how="inner").with_columns(pl.lit(True).alias("present"))
-    spans = real.group_by("Code").agg(pl.col("t").min().alias("t0"), pl.col("t").max().alias("t1"))
-    grid = (
-        spans.select("Code", pl.int_ranges("t0", pl.col("t1") + 1).alias("t"))
-        .explode("t")
-        .join(dates, on="t", how="left")
-    )
-    out = grid.join(real.drop("Date"), on=["Code", "t"], how="left").with_columns(
-        pl.col("present").fill_null(False)
-    )
-    return out.sort("Code", "t")
+def _per_stock(g: grid.Grid, sl: slice, out: dict[str, np.ndarray]) -> None:
+    """Features along each stock's own history, for the stocks ``sl`` (written into ``out``).
 
-
-def _per_stock(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Features computed along each stock's own history (rows sorted by Code, t)."""
-    by = "Code"
-    present = pl.col("present")
-    lc_ff = pl.col("Close").log().forward_fill().over(by)
-    lf = lf.with_columns(
-        lc_ff.alias("_lc"),
-        pl.col("Close").forward_fill().over(by).alias("_cff"),
-        # forward fill only: a sector learnt later must not leak backwards (null -> market)
-        pl.col("Sector33Code").forward_fill().over(by).alias("Sector33Code"),
-        present.cast(pl.Int32).cum_sum().over(by).alias("history_days"),
-        pl.when(present).then(pl.col("Volume").clip(lower_bound=0).log1p()).alias("_lv"),
-        pl.when(present)
-        .then(pl.col("TurnoverValue").fill_null(pl.col("Close") * pl.col("Volume")).clip(lower_bound=0).log1p())
-        .alias("_lt"),
-        pl.when(present).then((pl.col("High") / pl.col("Low")).log()).alias("hl_range"),
-    )
-    rets = {
-        f"ret_{n}d": pl.when(present).then(pl.col("_lc") - pl.col("_lc").shift(n).over(by))
-        for n in RETURN_WINDOWS
-    }
-    lf = lf.with_columns(**rets)
-    r1 = pl.col("ret_1d")
-    gain = r1.clip(lower_bound=0).rolling_mean(RSI_WINDOW, min_samples=min_samples(RSI_WINDOW))
-    loss = (-r1).clip(lower_bound=0).rolling_mean(RSI_WINDOW, min_samples=min_samples(RSI_WINDOW))
-    zw, zm = ZSCORE_WINDOW, min_samples(ZSCORE_WINDOW)
-    exprs = {
-        **{
-            f"vol_{n}d": pl.when(present).then(r1.rolling_std(n, min_samples=min_samples(n)).over(by))
-            for n in VOL_WINDOWS
-        },
-        **{
-            f"ma_gap_{n}": pl.when(present).then(
-                pl.col("Close") / pl.col("Close").rolling_mean(n, min_samples=min_samples(n)).over(by) - 1
-            )
-            for n in MA_WINDOWS
-        },
-        f"rsi_{RSI_WINDOW}": pl.when(present & ((gain + loss).over(by) > 0)).then(
-            100 * gain.over(by) / (gain + loss).over(by)
-        ),
-        "volume_z": pl.when(present).then(
-            (pl.col("_lv") - pl.col("_lv").rolling_mean(zw, min_samples=zm).over(by))
-            / pl.col("_lv").rolling_std(zw, min_samples=zm).over(by)
-        ),
-        "turnover_z": pl.when(present).then(
-            (pl.col("_lt") - pl.col("_lt").rolling_mean(zw, min_samples=zm).over(by))
-            / pl.col("_lt").rolling_std(zw, min_samples=zm).over(by)
-        ),
-        "mom_20_5": pl.col("ret_20d") - pl.col("ret_5d"),
-        "mom_60_20": pl.col("ret_60d") - pl.col("ret_20d"),
-    }
-    lf = lf.with_columns(**exprs)
-    return lf.with_columns(
-        (-pl.col("ret_5d") / pl.col("vol_20d")).alias("rev_5d_volscaled"),
-    )
-
-
-def _cross_section(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Market / sector relative returns and the rolling beta to the market."""
-    present = pl.col("present")
-    rets = [f"ret_{n}d" for n in RELATIVE_WINDOWS]
-    real = lf.filter(present).select("Date", "Sector33Code", *rets)
-    mkt = real.group_by("Date").agg([pl.col(f"ret_{n}d").mean().alias(f"_mkt_{n}") for n in RELATIVE_WINDOWS])
-    sec = (
-        real.filter(pl.col("Sector33Code").is_not_null())
-        .group_by("Date", "Sector33Code")
-        .agg([pl.col(f"ret_{n}d").mean().alias(f"_sec_{n}") for n in RELATIVE_WINDOWS])
-    )
-    # maintain_order: the rolling beta below relies on the (Code, t) row order
-    lf = lf.join(mkt, on="Date", how="left", maintain_order="left").join(
-        sec, on=["Date", "Sector33Code"], how="left", maintain_order="left"
-    )
-    rel = {}
-    for n in RELATIVE_WINDOWS:
-        r = pl.col(f"ret_{n}d")
-        # null sector -> the market is the stock's peer group
-        sector_mean = pl.when(pl.col("Sector33Code").is_null()).then(pl.col(f"_mkt_{n}")).otherwise(
-            pl.col(f"_sec_{n}")
-        )
-        rel[f"rel_sec_{n}d"] = r - sector_mean
-    lf = lf.with_columns(**rel)
-    # beta over pairs where the stock has a return (same pairs for both moments)
-    r1 = pl.col("ret_1d")
-    m = pl.when(r1.is_not_null()).then(pl.col("_mkt_1"))
-    w, ms = BETA_WINDOW, 20
-    mean = lambda e: e.rolling_mean(w, min_samples=ms).over("Code")  # noqa: E731
-    cov = mean(r1 * m) - mean(r1) * mean(m)
-    var = mean(m * m) - mean(m) ** 2
-    return lf.with_columns(
-        pl.when(present & (var > 1e-12)).then(cov / var).alias(f"beta_{BETA_WINDOW}d")
-    )
-
-
-def _targets(lf: pl.LazyFrame, horizons: tuple[int, ...]) -> pl.LazyFrame:
-    c = pl.col("Close")  # raw: null on gaps / masked rows / beyond the listing span
-    return lf.with_columns(
-        **{
-            f"y_{h}d": (c.shift(-(1 + h)) / c.shift(-1) - 1).over("Code")
-            for h in horizons
+    Cells outside a stock's span (first to last real row) are NaN, which a trailing window treats
+    exactly like rows that do not exist in the long format."""
+    present, close = g.present[:, sl], g.close[:, sl]
+    lc = grid.ffill(np.log(close))  # gaps carry the last price; ret after a gap spans it
+    ret = {n: np.where(present, lc - grid.shift(lc, n), np.nan) for n in RETURN_WINDOWS}
+    r = ret[1]
+    r1 = grid.Rolling(r)
+    vol = {n: np.where(present, r1.std(n), np.nan) for n in VOL_WINDOWS}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f = {
+            **{f"ret_{n}d": ret[n] for n in RETURN_WINDOWS},
+            **{f"vol_{n}d": vol[n] for n in VOL_WINDOWS},
+            "mom_20_5": ret[20] - ret[5],
+            "mom_60_20": ret[60] - ret[20],
+            "rev_5d_volscaled": -ret[5] / vol[20],
         }
-    )
+        roll_close = grid.Rolling(close)
+        for n in MA_WINDOWS:
+            f[f"ma_gap_{n}"] = np.where(present, close / roll_close.mean(n) - 1, np.nan)
+        gain = grid.Rolling(np.where(np.isnan(r), np.nan, np.maximum(r, 0.0))).mean(RSI_WINDOW)
+        loss = grid.Rolling(np.where(np.isnan(r), np.nan, np.maximum(-r, 0.0))).mean(RSI_WINDOW)
+        moved = grid.Rolling(np.where(np.isnan(r), np.nan, (r != 0).astype(np.float64)))
+        moved = moved.mean(RSI_WINDOW) > 0  # integer-exact "gain + loss > 0"
+        f[f"rsi_{RSI_WINDOW}"] = np.where(present & moved, 100 * gain / (gain + loss), np.nan)
+        f["hl_range"] = np.where(present, np.log(g.high[:, sl] / g.low[:, sl]), np.nan)
+        for name, x in (("volume_z", g.volume[:, sl]), ("turnover_z", g.turnover[:, sl])):
+            x = np.log1p(np.maximum(x, 0.0))
+            roll = grid.Rolling(x)
+            f[name] = np.where(present, (x - roll.mean(ZSCORE_WINDOW)) / roll.std(ZSCORE_WINDOW), np.nan)
+    for k, v in f.items():
+        out[k][:, sl] = v
 
 
-def robust_z(lf: pl.LazyFrame, cols: tuple[str, ...], usable: pl.Expr, clip: float) -> pl.LazyFrame:
-    """Per-day robust z of ``cols``: median / 1.4826*MAD over the day's usable rows, clipped.
+def _relative(g: grid.Grid, rows: slice, out: dict[str, np.ndarray], mkt1: np.ndarray) -> None:
+    """Same-day sector-relative returns for the days ``rows``; the market mean of ret_1d."""
+    present, sector = g.present[rows], g.sector[rows]
+    for n in RELATIVE_WINDOWS:
+        r = out[f"ret_{n}d"][rows]
+        ok = present & ~np.isnan(r)
+        out[f"rel_sec_{n}d"][rows] = r - grid.peer_mean(r, ok, sector, len(g.sectors))
+        if n == 1:
+            mkt1[rows] = grid.day_mean(r, ok)
 
-    Per-day statistics come from ``group_by("Date")`` on plain columns + join (window or agg
-    expressions over computed inputs take polars' per-group slow path: ~100x slower here).
-    """
-    # only plain column aggregations inside group_by: an expression such as (x - m).abs() inside
-    # agg() is evaluated group by group (slow path)
-    u = lf.filter(usable).select("Date", *cols)
-    med = u.group_by("Date").agg(
-        [pl.col(c).median().alias(f"_med_{c}") for c in cols]
-        + [pl.col(c).std().alias(f"_std_{c}") for c in cols]
-    )
-    absdev = u.join(med, on="Date", how="left").select(
-        "Date", *[(pl.col(c) - pl.col(f"_med_{c}")).abs().alias(c) for c in cols]
-    )
-    dev = absdev.group_by("Date").agg([(pl.col(c).median() * MAD_SCALE).alias(f"_mad_{c}") for c in cols])
-    lf = lf.join(med, on="Date", how="left", maintain_order="left").join(
-        dev, on="Date", how="left", maintain_order="left"
-    )
-    out = []
-    for c in cols:
-        x, m, mad, sd = pl.col(c), pl.col(f"_med_{c}"), pl.col(f"_mad_{c}"), pl.col(f"_std_{c}")
-        # thresholds, not > 0: a constant column has a float-noise std of ~1e-17
-        scale = pl.when(mad > SCALE_EPS).then(mad).when(sd > SCALE_EPS).then(sd)
-        out.append(
-            pl.when(x.is_null()).then(None)
-            .when(scale.is_null()).then(0.0)
-            .otherwise(((x - m) / scale).clip(-clip, clip))
-            .alias(c)
-        )
-    drop = [f"_{k}_{c}" for k in ("med", "mad", "std") for c in cols]
-    return lf.with_columns(out).drop(drop)
+
+def _beta(g: grid.Grid, sl: slice, out: dict[str, np.ndarray], mkt1: np.ndarray) -> None:
+    """Rolling beta to the market over pairs where the stock has a return (same pairs for both
+    moments)."""
+    r = out["ret_1d"][:, sl]
+    m = np.where(np.isnan(r), np.nan, mkt1[:, None])
+    w, ms = BETA_WINDOW, 20
+    mr, mm = grid.Rolling(r).mean(w, ms), grid.Rolling(m).mean(w, ms)
+    cov = grid.Rolling(r * m).mean(w, ms) - mr * mm
+    var = grid.Rolling(m * m).mean(w, ms) - mm * mm
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[f"beta_{BETA_WINDOW}d"][:, sl] = np.where(g.present[:, sl] & (var > 1e-12), cov / var, np.nan)
+
+
+def _raw_features(g: grid.Grid) -> dict[str, np.ndarray]:
+    """The un-normalised features on the (T, S) grid (NaN = null), computed block by block:
+    stock blocks for the time-series steps, day blocks for the cross-sectional ones."""
+    T, S = g.present.shape
+    out = {f: np.empty((T, S)) for f in FEATURE_COLUMNS}
+    grid.by_stock(lambda sl: _per_stock(g, sl, out), T, S)
+    mkt1 = np.empty(T)
+    grid.by_day(lambda rows: _relative(g, rows, out, mkt1), T, S)
+    grid.by_stock(lambda sl: _beta(g, sl, out, mkt1), T, S)
+    return out
 
 
 def build_features(
     quotes: pl.DataFrame | pl.LazyFrame, cfg: Config, mask: pl.DataFrame | None = None
 ) -> pl.DataFrame:
     """Canonical quotes -> per-stock-day features (per-day robust z) and raw targets.
+
+    Computed on a dense (day x stock) numpy grid (:mod:`atft_core.features_grid` says why).
 
     Args:
         quotes: canonical daily quotes (SPEC 3.1); any row order.
@@ -270,35 +194,36 @@ def build_features(
         ``history_days`` (Int32) and ``ret_1d_raw`` (Float32). One row per real stock-day.
     """
     fc = cfg.features
-    lf = _clean(quotes, mask)
-    all_dates = quotes.lazy().select("Date").unique().sort("Date")
-    lf = _dense_grid(lf, all_dates)
-    lf = _per_stock(lf)
-    lf = _cross_section(lf)
-    lf = _targets(lf, fc.horizons)
-    ycols = target_columns(fc.horizons)
-    # materialise the per-stock part once (the z-score step reads it several times; a lazy plan
-    # would recompute the rolling windows for each read) with only the columns still needed
-    raw = (
-        lf.filter(pl.col("present"))
-        .select(
-            "Date",
-            "Code",
-            "Sector33Code",
-            # inf (e.g. a zero volume std) is not a value: null it before the z-score
-            *[pl.when(pl.col(f).is_finite()).then(pl.col(f)).alias(f) for f in FEATURE_COLUMNS],
-            *ycols,
-            pl.col("history_days").cast(pl.Int32),
-            pl.col("ret_1d").cast(pl.Float32).alias("ret_1d_raw"),
-        )
-        .sort("Date", "Code")
-        .collect()
+    clean = _clean(quotes, mask).collect()
+    dates = quotes.lazy().select(pl.col("Date").unique().sort()).collect().to_series()
+    g = grid.load_grid(clean, dates)
+    del clean
+    present = g.present
+    history = np.cumsum(present, axis=0, dtype=np.int32)
+    raw = _raw_features(g)
+    ret_1d_raw = raw["ret_1d"][present].astype(np.float32)
+    z = grid.robust_z_all(raw, present, present & (history >= fc.min_history), fc.clip,
+                          MAD_SCALE, SCALE_EPS)
+    del raw
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ys = {f"y_{h}d": (grid.shift(g.close, -(1 + h)) / grid.shift(g.close, -1) - 1)[present]
+              for h in fc.horizons}
+    t_idx, s_idx = np.nonzero(present)  # row-major: sorted by (Date, Code)
+    sec = g.sector[present]
+    sector = (
+        g.sectors.gather(np.maximum(sec, 0)).scatter(np.flatnonzero(sec < 0), None)
+        if len(g.sectors) else pl.repeat(None, len(sec), dtype=g.sectors.dtype, eager=True)
     )
-    usable = pl.col("history_days") >= fc.min_history
-    return (
-        robust_z(raw.lazy(), FEATURE_COLUMNS, usable, fc.clip)
-        .with_columns([pl.col(f).cast(pl.Float32) for f in FEATURE_COLUMNS])
-        .collect()
+    return pl.DataFrame(
+        [
+            g.dates.gather(t_idx).alias("Date"),
+            g.codes.gather(s_idx).alias("Code"),
+            sector.alias("Sector33Code"),
+            *[pl.Series(f, z[f], pl.Float32, nan_to_null=True) for f in FEATURE_COLUMNS],
+            *[pl.Series(k, v, pl.Float64, nan_to_null=True) for k, v in ys.items()],
+            pl.Series("history_days", history[present], pl.Int32),
+            pl.Series("ret_1d_raw", ret_1d_raw, pl.Float32, nan_to_null=True),
+        ]
     )
 
 
