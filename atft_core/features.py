@@ -126,11 +126,13 @@ def _per_stock(g: grid.Grid, sl: slice, out: dict[str, np.ndarray]) -> None:
         roll_close = grid.Rolling(close)
         for n in MA_WINDOWS:
             f[f"ma_gap_{n}"] = np.where(present, close / roll_close.mean(n) - 1, np.nan)
-        gain = grid.Rolling(np.where(np.isnan(r), np.nan, np.maximum(r, 0.0))).mean(RSI_WINDOW)
-        loss = grid.Rolling(np.where(np.isnan(r), np.nan, np.maximum(-r, 0.0))).mean(RSI_WINDOW)
-        moved = grid.Rolling(np.where(np.isnan(r), np.nan, (r != 0).astype(np.float64)))
-        moved = moved.mean(RSI_WINDOW) > 0  # integer-exact "gain + loss > 0"
-        f[f"rsi_{RSI_WINDOW}"] = np.where(present & moved, 100 * gain / (gain + loss), np.nan)
+        # mean gain = (mean r + mean |r|) / 2 and gain + loss = |r|, so one more cumulative sum
+        abs_mean = grid.Rolling(np.abs(r)).mean(RSI_WINDOW)
+        lo, hi = r1.minmax(RSI_WINDOW)
+        moved = ~((lo == 0) & (hi == 0))  # exact "gain + loss > 0"
+        f[f"rsi_{RSI_WINDOW}"] = np.where(
+            present & moved, 100 * (r1.mean(RSI_WINDOW) + abs_mean) / (2 * abs_mean), np.nan
+        )
         f["hl_range"] = np.where(present, np.log(g.high[:, sl] / g.low[:, sl]), np.nan)
         for name, x in (("volume_z", g.volume[:, sl]), ("turnover_z", g.turnover[:, sl])):
             x = np.log1p(np.maximum(x, 0.0))
@@ -196,7 +198,7 @@ def build_features(
     fc = cfg.features
     clean = _clean(quotes, mask).collect()
     dates = quotes.lazy().select(pl.col("Date").unique().sort()).collect().to_series()
-    g = grid.load_grid(clean, dates)
+    g = grid.load_grid(clean, dates, with_open=False)  # no feature uses the open
     del clean
     present = g.present
     history = np.cumsum(present, axis=0, dtype=np.int32)
@@ -205,9 +207,9 @@ def build_features(
     z = grid.robust_z_all(raw, present, present & (history >= fc.min_history), fc.clip,
                           MAD_SCALE, SCALE_EPS)
     del raw
+    entry = grid.shift(g.close, -1)  # raw: null on gaps / masked rows / beyond the span
     with np.errstate(invalid="ignore", divide="ignore"):
-        ys = {f"y_{h}d": (grid.shift(g.close, -(1 + h)) / grid.shift(g.close, -1) - 1)[present]
-              for h in fc.horizons}
+        ys = {f"y_{h}d": (grid.shift(g.close, -(1 + h)) / entry - 1)[present] for h in fc.horizons}
     t_idx, s_idx = np.nonzero(present)  # row-major: sorted by (Date, Code)
     sec = g.sector[present]
     sector = (

@@ -44,7 +44,7 @@ class Grid:
     sectors: pl.Series  # sorted distinct sector codes; ``sector`` indexes it (-1 = null)
     present: np.ndarray  # (T, S) bool: a real (clean, unmasked) stock-day
     close: np.ndarray  # (T, S) float64, NaN where not present
-    open: np.ndarray
+    open: np.ndarray | None  # only loaded when a feature needs it
     high: np.ndarray
     low: np.ndarray
     volume: np.ndarray
@@ -52,7 +52,7 @@ class Grid:
     sector: np.ndarray  # (T, S) int32, forward-filled within the stock, -1 = null
 
 
-def load_grid(clean: pl.DataFrame, dates: pl.Series) -> Grid:
+def load_grid(clean: pl.DataFrame, dates: pl.Series, with_open: bool = True) -> Grid:
     """``clean``: the cleaned quotes (any order); ``dates``: the sorted market dates."""
     codes = clean["Code"].unique().sort()
     T, S = len(dates), len(codes)
@@ -80,7 +80,7 @@ def load_grid(clean: pl.DataFrame, dates: pl.Series) -> Grid:
     sec[idx < 0] = -1  # before the first known sector: null
     return Grid(
         dates=dates, codes=codes, sectors=sectors, present=present.reshape(T, S),
-        close=dense(clean["Close"]), open=dense(clean["Open"]), high=dense(clean["High"]),
+        close=dense(clean["Close"]), open=dense(clean["Open"]) if with_open else None, high=dense(clean["High"]),
         low=dense(clean["Low"]), volume=dense(clean["Volume"]), turnover=dense(tv.to_series()),
         sector=sec,
     )
@@ -160,7 +160,7 @@ class Rolling:
         with np.errstate(invalid="ignore", divide="ignore"):
             var = (_window_diff(self._cs2, n) - s1 * s1 / k) / (k - 1)
         np.maximum(var, 0.0, out=var)
-        lo, hi = self._minmax(n)
+        lo, hi = self.minmax(n)
         var[lo == hi] = 0.0  # all values equal: exactly 0, as pandas
         out = np.sqrt(var)
         out[k < (minp or min_samples(n))] = NAN
@@ -180,7 +180,7 @@ class Rolling:
                 self._levels[w] = (lo2, hi2)
         return self._levels[w]
 
-    def _minmax(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def minmax(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Trailing-window min and max over n rows (NaN where the window has no value):
         [t-n+1, t] is the union of the power-of-two windows ending at t and at t-(n-w)."""
         w = 1 << (n.bit_length() - 1)
@@ -222,7 +222,7 @@ def peer_mean(x: np.ndarray, ok: np.ndarray, sector: np.ndarray, n_sectors: int)
 
 # --------------------------------------------------------------------------- robust z
 def _row_median(w: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Per-row median of a padded row (see :func:`_padded`) with n real values; NaN if n == 0.
+    """Per-row median of a padded row (see :func:`robust_z`) with n real values; NaN if n == 0.
 
     The median's two candidates sit at positions W/2-1 and W/2 whatever n is, so one
     ``np.partition`` at W/2 serves every row; the lower one is the maximum left of it."""
@@ -233,23 +233,6 @@ def _row_median(w: np.ndarray, n: np.ndarray) -> np.ndarray:
         med = np.where(n % 2 == 0, (lower.astype(np.float64) + upper) / 2, lower)
     med[n == 0] = NAN
     return med
-
-
-def _padded(values: np.ndarray, ok: np.ndarray, dtype):
-    """(rows, W) copy of ``values`` with W = S rounded up to even, where the k cells of a row that
-    are not ``ok`` hold floor(k/2) times -inf and the rest +inf: the row's median then sits at
-    the same two positions whatever its count. Returns (array, fill of the non-ok cells, the
-    padded ok mask, real values per row)."""
-    T, S = values.shape
-    W = S + (S % 2)
-    okw = np.zeros((T, W), bool)
-    okw[:, :S] = ok
-    n = okw.sum(axis=1)
-    rank = np.cumsum(~okw, axis=1, dtype=np.int32)
-    fill = np.where(rank <= ((W - n) // 2)[:, None], -np.inf, np.inf).astype(dtype)
-    w = fill.copy()
-    np.copyto(w[:, :S], values, where=ok, casting="unsafe")
-    return w, fill, okw, n
 
 
 def day_std(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -263,30 +246,42 @@ def day_std(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
 
 def robust_z(x: np.ndarray, present: np.ndarray, usable: np.ndarray, clip: float,
              mad_scale: float, eps: float, out: np.ndarray) -> None:
-    """Per-day robust z of one (T, S) feature, written for the present cells (row-major) into the
-    float32 ``out``; non-finite inputs are null (NaN).
+    """Per-day robust z of one (rows, S) feature block, written for the present cells (row-major)
+    into the float32 ``out``; non-finite inputs are null (NaN).
 
-    The median is exact (float64 selection); the MAD is selected among float32 deviations, which
-    changes the scale by at most one float32 rounding (the output is float32)."""
-    S = x.shape[1]
-    xv = np.where(present & np.isfinite(x), x, NAN)
-    ok = usable & ~np.isnan(xv)
-    w, fill, okw, n = _padded(xv, ok, np.float64)
+    Median and MAD per row come from one ``np.partition`` each: the k cells of a row that do not
+    enter the statistics hold floor(k/2) times -inf and the rest +inf (the row padded to an even
+    width W), which puts every row's median at positions W/2-1 and W/2 whatever its count. The
+    median is exact (float64); the MAD is selected among float32 deviations, which changes the
+    scale by at most one float32 rounding (the output is float32)."""
+    rows, S = x.shape
+    W = S + (S % 2)
+    valid = present & np.isfinite(x)
+    ok = valid & usable
+    n = ok.sum(axis=1)
+    neg = np.cumsum(~ok, axis=1, dtype=np.int32) <= ((W - n) // 2)[:, None]
+    w = np.full((rows, W), np.inf)  # a padding column is +inf: its rank is the row's last
+    np.copyto(w[:, :S], -np.inf, where=neg)
+    np.copyto(w[:, :S], x, where=ok)
     med = _row_median(w, n)
-    dev = np.abs(w[:, :S] - med[:, None]).astype(np.float32)
-    w32 = fill.astype(np.float32)
-    np.copyto(w32[:, :S], dev, where=ok)
+    tmp = np.empty((rows, S))
+    with np.errstate(invalid="ignore"):
+        np.abs(np.subtract(x, med[:, None], out=tmp), out=tmp)
+    w32 = np.full((rows, W), np.inf, np.float32)
+    np.copyto(w32[:, :S], -np.inf, where=neg)
+    np.copyto(w32[:, :S], tmp, where=ok, casting="same_kind")
     mad = _row_median(w32, n) * mad_scale
     scale = np.where(mad > eps, mad, NAN)
     need = ~(mad > eps)
     if need.any():  # the MAD is ~0 on these days: the day's std is the scale (if it is not ~0)
-        sd = day_std(xv[need], ok[need])
+        sd = day_std(x[need], ok[need])
         scale[need] = np.where(sd > eps, sd, NAN)
     with np.errstate(invalid="ignore", divide="ignore"):
-        z = np.clip((xv - med[:, None]) / scale[:, None], -clip, clip)
-    z = np.where(np.isnan(scale)[:, None], 0.0, z)
-    z[np.isnan(xv)] = NAN
-    out[:] = z[present]
+        np.divide(np.subtract(x, med[:, None], out=tmp), scale[:, None], out=tmp)
+    np.clip(tmp, -clip, clip, out=tmp)
+    tmp[np.isnan(scale)] = 0.0  # no spread that day: every stock sits at the median
+    tmp[~valid] = NAN
+    out[:] = tmp[present]
 
 
 def robust_z_all(raw: dict[str, np.ndarray], present: np.ndarray, usable: np.ndarray, clip: float,
