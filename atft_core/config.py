@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "include" / "configs"
 HORIZONS_DEFAULT = (1, 5, 10, 20)
@@ -101,6 +109,30 @@ class FeatureConfig(_Section):
     horizons: tuple[int, ...] = HORIZONS_DEFAULT
     clip: float = Field(5.0, gt=0.0, description="robust z-scores are clipped to +-clip")
     min_history: int = Field(20, ge=1, description="days of history before a stock-day is usable")
+    # optional features after the 22 defaults (names: atft_core.features.EXTRA_FEATURES); empty
+    # by default, and then left out of to_dict() so default configs keep their sha256
+    extra: tuple[str, ...] = ()
+
+    @field_validator("extra")
+    @classmethod
+    def _known_extras(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            return v
+        from atft_core.features import EXTRA_FEATURES  # lazy: features imports this module
+
+        unknown = [n for n in v if n not in EXTRA_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown extra feature(s) {unknown}; known: {list(EXTRA_FEATURES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"extra features listed twice: {v}")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_extra(self, handler, info):
+        out = handler(self)
+        if not self.extra and not (info.context or {}).get("all_fields"):
+            out.pop("extra", None)
+        return out
 
     @field_validator("horizons")
     @classmethod
@@ -498,7 +530,8 @@ def apply_overrides(cfg: Config | Mapping[str, Any], overrides: Iterable[str] | 
     A dotted key must name an existing field (the error names the first unknown segment).
     ``train.phases.2.epochs=3`` indexes into the phase list.
     """
-    data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
+    data = (cfg.model_dump(mode="json", context={"all_fields": True}) if isinstance(cfg, Config)
+            else dict(cfg))
     pairs = (
         [(k.split("."), v) for k, v in overrides.items()]
         if isinstance(overrides, Mapping)

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from atft_core.batch import DayBatch
 from atft_core.config import Config, GraphConfig
-from atft_core.features import FEATURE_COLUMNS, target_columns
+from atft_core.features import feature_columns, target_columns
 from atft_core.graph import build_day_graph, build_day_graphs
 from atft_core.ranks import average_ranks  # noqa: F401 (re-exported: atft_core.dataset.average_ranks)
 
@@ -173,7 +173,8 @@ def normalise_targets(y_raw: np.ndarray, mask: np.ndarray, how: str) -> np.ndarr
 
 def build_panel(features: pl.DataFrame, cfg: Config) -> Panel:
     """Long feature frame (``build_features`` output) -> dense :class:`Panel`."""
-    need = {"Date", "Code", "Sector33Code", "history_days", "ret_1d_raw", *FEATURE_COLUMNS,
+    columns = feature_columns(cfg)
+    need = {"Date", "Code", "Sector33Code", "history_days", "ret_1d_raw", *columns,
             *target_columns(cfg.horizons)}
     missing = sorted(need - set(features.columns))
     if missing:
@@ -187,13 +188,13 @@ def build_panel(features: pl.DataFrame, cfg: Config) -> Panel:
     t_idx = idx.get_column("t").to_numpy().astype(np.int64)
     dates = features.get_column("Date").unique().sort()
     codes = features.get_column("Code").unique().sort()
-    S, T, F, H = len(codes), len(dates), len(FEATURE_COLUMNS), len(cfg.horizons)
+    S, T, F, H = len(codes), len(dates), len(columns), len(cfg.horizons)
     if np.bincount(s_idx * T + t_idx, minlength=S * T).max() > 1:
         raise ValueError("features frame has duplicate (Date, Code) rows")
     f = features
 
     x = np.zeros((S, T, F), dtype=np.float32)
-    x[s_idx, t_idx] = np.nan_to_num(f.select(FEATURE_COLUMNS).to_numpy().astype(np.float32), nan=0.0)
+    x[s_idx, t_idx] = np.nan_to_num(f.select(columns).to_numpy().astype(np.float32), nan=0.0)
     usable = np.zeros((S, T), dtype=bool)
     usable[s_idx, t_idx] = f.get_column("history_days").to_numpy() >= cfg.features.min_history
     y_raw = np.full((S, T, H), np.nan, dtype=np.float32)
@@ -215,7 +216,7 @@ def build_panel(features: pl.DataFrame, cfg: Config) -> Panel:
     return Panel(
         dates=tuple(dates.to_list()),
         codes=codes.to_numpy().astype(str),
-        feature_names=FEATURE_COLUMNS,
+        feature_names=columns,
         horizons=tuple(cfg.horizons),
         x=torch.from_numpy(x),
         y=torch.from_numpy(y),

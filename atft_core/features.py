@@ -77,6 +77,36 @@ FEATURE_COLUMNS: tuple[str, ...] = (
 # column. The sector-relative ``rel_sec_{n}d`` survives the z (the mean differs across sectors).
 EXTRA_COLUMNS: tuple[str, ...] = ("history_days", "ret_1d_raw")
 
+# Optional features (``cfg.features.extra``, default none), appended after FEATURE_COLUMNS in the
+# config's order and z-scored per day like the rest. Exact definitions (all point in time):
+# * ret_overnight_1d = log(Open_t) - log(Close_prev), ret_intraday_1d = log(Close_t / Open_t):
+#   Close_prev is the last close before t (after a gap it spans the gap, as for ret_1d), so
+#   overnight + intraday = ret_1d; null on the stock's first row (overnight) / not-real rows.
+# * ret_overnight_5d / ret_intraday_5d: the sum of the 1-day values over the trailing 5 trading
+#   days, defined where ret_5d is (so overnight_5d + intraday_5d = ret_5d, gaps included).
+# * turnover_ratio_5_60 = log(mean TurnoverValue over 5 days / mean over 60 days) (trailing
+#   windows, >= half the window present; TurnoverValue null -> Close * Volume): a liquidity-shock
+#   level, where turnover_z is a z-score.
+# * resid_ret_{n}d (n = 1, 5, 20): e = ret_{n}d - beta_60d * market_{n}d (beta_60d the raw rolling
+#   1-day beta at t, market_{n}d the same-day equal-weight mean of ret_{n}d over the real
+#   stock-days), then e minus the same-day mean of e over the stock's sector (null sector -> all
+#   stocks with an e that day). Null where beta_60d is (short history).
+RESID_WINDOWS = (1, 5, 20)
+EXTRA_FEATURES: tuple[str, ...] = (
+    "ret_overnight_1d",
+    "ret_intraday_1d",
+    "ret_overnight_5d",
+    "ret_intraday_5d",
+    "turnover_ratio_5_60",
+    *(f"resid_ret_{n}d" for n in RESID_WINDOWS),
+)
+
+
+def feature_columns(cfg: Config) -> tuple[str, ...]:
+    """The model's input columns for ``cfg``: the 22 defaults, then ``cfg.features.extra``.
+    Every consumer (panel, trainer, scorer, serving) takes its feature list from here."""
+    return FEATURE_COLUMNS + tuple(cfg.features.extra)
+
 
 def target_columns(horizons: tuple[int, ...]) -> tuple[str, ...]:
     return tuple(f"y_{h}d" for h in horizons)
@@ -138,19 +168,44 @@ def _per_stock(g: grid.Grid, sl: slice, out: dict[str, np.ndarray]) -> None:
             x = np.log1p(np.maximum(x, 0.0))
             roll = grid.Rolling(x)
             f[name] = np.where(present, (x - roll.mean(ZSCORE_WINDOW)) / roll.std(ZSCORE_WINDOW), np.nan)
+    if any(k in out for k in ("ret_overnight_1d", "ret_intraday_1d", "ret_overnight_5d",
+                              "ret_intraday_5d")):
+        log_open = np.log(g.open[:, sl])
+        parts = {"overnight": np.where(present, log_open - grid.shift(lc, 1), np.nan),
+                 "intraday": np.where(present, np.log(close / g.open[:, sl]), np.nan)}
+        for part, x in parts.items():
+            f[f"ret_{part}_1d"] = x
+            f[f"ret_{part}_5d"] = np.where(np.isnan(ret[5]), np.nan, grid.Rolling(x).sum(5, 1))
+    if "turnover_ratio_5_60" in out:
+        tv = grid.Rolling(np.maximum(g.turnover[:, sl], 0.0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f["turnover_ratio_5_60"] = np.where(present, np.log(tv.mean(5) / tv.mean(60)), np.nan)
     for k, v in f.items():
-        out[k][:, sl] = v
+        if k in out:
+            out[k][:, sl] = v
 
 
-def _relative(g: grid.Grid, rows: slice, out: dict[str, np.ndarray], mkt1: np.ndarray) -> None:
-    """Same-day sector-relative returns for the days ``rows``; the market mean of ret_1d."""
+def _relative(g: grid.Grid, rows: slice, out: dict[str, np.ndarray], mkt: dict[int, np.ndarray]) -> None:
+    """Same-day sector-relative returns for the days ``rows``; the market means of ret_{n}d."""
     present, sector = g.present[rows], g.sector[rows]
-    for n in RELATIVE_WINDOWS:
+    for n in sorted({*RELATIVE_WINDOWS, *RESID_WINDOWS}):
         r = out[f"ret_{n}d"][rows]
         ok = present & ~np.isnan(r)
-        out[f"rel_sec_{n}d"][rows] = r - grid.peer_mean(r, ok, sector, len(g.sectors))
-        if n == 1:
-            mkt1[rows] = grid.day_mean(r, ok)
+        if n in RELATIVE_WINDOWS:
+            out[f"rel_sec_{n}d"][rows] = r - grid.peer_mean(r, ok, sector, len(g.sectors))
+        if n == 1 or f"resid_ret_{n}d" in out:
+            mkt[n][rows] = grid.day_mean(r, ok)
+
+
+def _residual(g: grid.Grid, rows: slice, out: dict[str, np.ndarray], mkt: dict[int, np.ndarray]) -> None:
+    """resid_ret_{n}d (see EXTRA_FEATURES) for the days ``rows``, where requested."""
+    present, sector = g.present[rows], g.sector[rows]
+    beta = out[f"beta_{BETA_WINDOW}d"][rows]
+    for n in RESID_WINDOWS:
+        if f"resid_ret_{n}d" in out:
+            e = out[f"ret_{n}d"][rows] - beta * mkt[n][rows, None]
+            ok = present & ~np.isnan(e)
+            out[f"resid_ret_{n}d"][rows] = e - grid.peer_mean(e, ok, sector, len(g.sectors))
 
 
 def _beta(g: grid.Grid, sl: slice, out: dict[str, np.ndarray], mkt1: np.ndarray) -> None:
@@ -166,15 +221,17 @@ def _beta(g: grid.Grid, sl: slice, out: dict[str, np.ndarray], mkt1: np.ndarray)
         out[f"beta_{BETA_WINDOW}d"][:, sl] = np.where(g.present[:, sl] & (var > 1e-12), cov / var, np.nan)
 
 
-def _raw_features(g: grid.Grid) -> dict[str, np.ndarray]:
-    """The un-normalised features on the (T, S) grid (NaN = null), computed block by block:
+def _raw_features(g: grid.Grid, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The un-normalised ``columns`` on the (T, S) grid (NaN = null), computed block by block:
     stock blocks for the time-series steps, day blocks for the cross-sectional ones."""
     T, S = g.present.shape
-    out = {f: np.empty((T, S)) for f in FEATURE_COLUMNS}
+    out = {f: np.empty((T, S)) for f in columns}
     grid.by_stock(lambda sl: _per_stock(g, sl, out), T, S)
-    mkt1 = np.empty(T)
-    grid.by_day(lambda rows: _relative(g, rows, out, mkt1), T, S)
-    grid.by_stock(lambda sl: _beta(g, sl, out, mkt1), T, S)
+    mkt = {n: np.empty(T) for n in {*RELATIVE_WINDOWS, *RESID_WINDOWS}}
+    grid.by_day(lambda rows: _relative(g, rows, out, mkt), T, S)
+    grid.by_stock(lambda sl: _beta(g, sl, out, mkt[1]), T, S)
+    if any(c.startswith("resid_ret_") for c in columns):
+        grid.by_day(lambda rows: _residual(g, rows, out, mkt), T, S)
     return out
 
 
@@ -187,23 +244,25 @@ def build_features(
 
     Args:
         quotes: canonical daily quotes (SPEC 3.1); any row order.
-        cfg: uses ``cfg.features`` (horizons, clip, min_history).
+        cfg: uses ``cfg.features`` (horizons, clip, min_history, extra).
         mask: optional (Date, Code) rows flagged by validation (bad ticks): treated as gaps.
 
     Returns:
-        pl.DataFrame sorted by (Date, Code) with Date, Code, Sector33Code, ``FEATURE_COLUMNS``
-        (Float32, null where undefined), ``y_{h}d`` (Float64, null where unknown),
+        pl.DataFrame sorted by (Date, Code) with Date, Code, Sector33Code,
+        :func:`feature_columns` (Float32, null where undefined), ``y_{h}d`` (Float64, null where unknown),
         ``history_days`` (Int32) and ``ret_1d_raw`` (Float32). One row per real stock-day.
     """
     fc = cfg.features
     clean = _clean(quotes, mask).collect()
     dates = quotes.lazy().select(pl.col("Date").unique().sort()).collect().to_series()
     with grid.retained_heap():  # features_grid.retained_heap says why
-        g = grid.load_grid(clean, dates, with_open=False)  # no feature uses the open
+        g = grid.load_grid(clean, dates, with_open=any(c.startswith(("ret_overnight", "ret_intraday"))
+                                                       for c in cfg.features.extra))
         del clean
         present = g.present
         history = np.cumsum(present, axis=0, dtype=np.int32)
-        raw = _raw_features(g)
+        columns = feature_columns(cfg)
+        raw = _raw_features(g, columns)
         ret_1d_raw = raw["ret_1d"][present].astype(np.float32)
         z = grid.robust_z_all(raw, present, present & (history >= fc.min_history), fc.clip,
                               MAD_SCALE, SCALE_EPS)
@@ -222,7 +281,7 @@ def build_features(
             g.dates.gather(t_idx).alias("Date"),
             g.codes.gather(s_idx).alias("Code"),
             sector.alias("Sector33Code"),
-            *[pl.Series(f, z[f], pl.Float32, nan_to_null=True) for f in FEATURE_COLUMNS],
+            *[pl.Series(f, z[f], pl.Float32, nan_to_null=True) for f in columns],
             *[pl.Series(k, v, pl.Float64, nan_to_null=True) for k, v in ys.items()],
             pl.Series("history_days", history[present], pl.Int32),
             pl.Series("ret_1d_raw", ret_1d_raw, pl.Float32, nan_to_null=True),
@@ -301,14 +360,26 @@ def build_features_pandas(quotes, cfg: Config, mask=None):
     df["mom_20_5"] = df["ret_20d"] - df["ret_5d"]
     df["mom_60_20"] = df["ret_60d"] - df["ret_20d"]
     df["rev_5d_volscaled"] = -df["ret_5d"] / df["vol_20d"]
-    real = df[pres]
-    for n in RELATIVE_WINDOWS:
+    # optional extras (EXTRA_FEATURES says what they are)
+    df["ret_overnight_1d"] = (np.log(df["Open"]) - g["_lc"].shift(1)).where(pres)
+    df["ret_intraday_1d"] = np.log(df["Close"] / df["Open"]).where(pres)
+    df["_tv"] = tv.clip(lower=0).where(pres)
+    g = df.groupby("Code", sort=False)
+    for part in ("overnight", "intraday"):
+        df[f"ret_{part}_5d"] = roll(f"ret_{part}_1d", 5, "sum", 1).where(df["ret_5d"].notna())
+    df["turnover_ratio_5_60"] = np.log(roll("_tv", 5, "mean") / roll("_tv", 60, "mean")).where(pres)
+
+    def peer_mean(col):
+        """Same-day mean of col over the stock's sector (market where the sector is null)."""
+        v = df.loc[pres, ["Date", "Sector33Code", col]]
+        m = v.groupby("Date")[col].mean().reindex(df["Date"]).to_numpy()
+        s = v.groupby(["Date", "Sector33Code"])[col].mean()
+        s = s.reindex(pd.MultiIndex.from_frame(df[["Date", "Sector33Code"]])).to_numpy()
+        return m, np.where(df["Sector33Code"].isna(), m, s)
+
+    for n in sorted({*RELATIVE_WINDOWS, *RESID_WINDOWS}):
         r = f"ret_{n}d"
-        mkt = real.groupby("Date")[r].mean()
-        sec = real.groupby(["Date", "Sector33Code"])[r].mean()
-        m = mkt.reindex(df["Date"]).to_numpy()
-        s = sec.reindex(pd.MultiIndex.from_frame(df[["Date", "Sector33Code"]])).to_numpy()
-        s = np.where(df["Sector33Code"].isna(), m, s)
+        m, s = peer_mean(r)
         df[f"_mkt_{n}"] = m
         df[f"rel_sec_{n}d"] = df[r] - s
     df["_m"] = df["_mkt_1"].where(df["ret_1d"].notna())
@@ -319,12 +390,16 @@ def build_features_pandas(quotes, cfg: Config, mask=None):
     cov = mean["_rm"] - mean["ret_1d"] * mean["_m"]
     var = mean["_mm"] - mean["_m"] ** 2
     df[f"beta_{BETA_WINDOW}d"] = (cov / var).where(pres & (var > 1e-12))
+    for n in RESID_WINDOWS:
+        df["_e"] = df[f"ret_{n}d"] - df[f"beta_{BETA_WINDOW}d"] * df[f"_mkt_{n}"]
+        df[f"resid_ret_{n}d"] = df["_e"] - peer_mean("_e")[1]
     for h in fc.horizons:
         df[f"y_{h}d"] = g["Close"].shift(-(1 + h)) / g["Close"].shift(-1) - 1
     df["ret_1d_raw"] = df["ret_1d"]
     out = df[pres].copy()
     usable = out["history_days"] >= fc.min_history
-    for f in FEATURE_COLUMNS:
+    columns = feature_columns(cfg)
+    for f in columns:
         x = out[f].replace([np.inf, -np.inf], np.nan)
         xu = x.where(usable)
         med = xu.groupby(out["Date"]).transform("median")
@@ -334,6 +409,6 @@ def build_features_pandas(quotes, cfg: Config, mask=None):
         z = ((x - med) / scale).clip(-fc.clip, fc.clip)
         z = z.where(scale.notna(), 0.0).where(x.notna())
         out[f] = z.astype("float32")
-    cols = ["Date", "Code", "Sector33Code", *FEATURE_COLUMNS, *target_columns(fc.horizons),
+    cols = ["Date", "Code", "Sector33Code", *columns, *target_columns(fc.horizons),
             "history_days", "ret_1d_raw"]
     return out[cols].sort_values(["Date", "Code"]).reset_index(drop=True)

@@ -155,6 +155,12 @@ class Rolling:
         m[k < (minp or min_samples(n))] = NAN
         return m
 
+    def sum(self, n: int, minp: int) -> np.ndarray:
+        k = self.count(n)
+        s = _window_diff(self.cs, n) + k * self.base
+        s[k < minp] = NAN
+        return s
+
     def std(self, n: int, minp: int | None = None) -> np.ndarray:
         if self._cs2 is None:
             self._cs2 = np.cumsum(self.xc * self.xc, axis=0)

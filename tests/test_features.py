@@ -281,3 +281,125 @@ def test_no_feature_duplicates_another_after_the_per_day_z(quotes):
         for j in range(i + 1, x.shape[1]):
             gap = min(np.abs(x[:, i] - x[:, j]).max(), np.abs(x[:, i] + x[:, j]).max())
             assert gap > 1e-3, (FEATURE_COLUMNS[i], FEATURE_COLUMNS[j], gap)
+
+
+# --------------------------------------------------------------------------- optional extras
+def _cfg_with_extras(names=None):
+    from atft_core.config import apply_overrides
+    from atft_core.features import EXTRA_FEATURES
+
+    names = EXTRA_FEATURES if names is None else names
+    return apply_overrides(CFG, [f"features.extra=[{','.join(names)}]"])
+
+
+def test_extras_are_off_by_default(feats):
+    from atft_core.features import feature_columns
+
+    assert feature_columns(CFG) == FEATURE_COLUMNS and len(FEATURE_COLUMNS) == 22
+    assert "extra" not in CFG.to_dict()["features"]  # default configs keep their sha256
+    assert [c for c in feats.columns if c in FEATURE_COLUMNS] == list(FEATURE_COLUMNS)
+    assert not any(c.startswith(("ret_overnight", "ret_intraday", "resid_", "turnover_ratio"))
+                   for c in feats.columns)
+
+
+def test_extras_polars_equals_pandas_reference(quotes):
+    from atft_core.features import EXTRA_FEATURES, feature_columns
+
+    cfg = _cfg_with_extras()
+    assert feature_columns(cfg) == FEATURE_COLUMNS + EXTRA_FEATURES
+    mask = quotes.select("Date", "Code").sample(5, seed=4)
+    a = build_features(quotes, cfg, mask=mask)
+    b = pl.from_pandas(build_features_pandas(quotes, cfg, mask=mask))
+    assert a.columns == b.columns and a.height == b.height
+    for c in feature_columns(cfg):
+        x = a[c].cast(pl.Float64).to_numpy()
+        y = b[c].cast(pl.Float64).to_numpy()
+        assert np.array_equal(np.isnan(x), np.isnan(y)), f"{c}: null pattern differs"
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=c)
+    # the defaults are untouched by the extras
+    base = build_features(quotes, CFG, mask=mask)
+    assert a.select(base.columns).equals(base)
+    # extras are per-day robust z like the rest, and not a copy of another column
+    u = a.filter(pl.col("history_days") >= CFG.features.min_history)
+    for f in EXTRA_FEATURES:
+        stats = u.group_by("Date").agg(pl.col(f).median().alias("med"), pl.col(f).std().alias("sd"))
+        assert (stats["med"].abs() < 1e-5).mean() > 0.9 and (stats["sd"] > 0.1).mean() > 0.9, f
+        for g in feature_columns(cfg):
+            if g != f:
+                assert (u[f] - u[g]).abs().max() > 1e-3, (f, g)
+
+
+def test_extra_definitions_against_numpy(quotes):
+    """ret_overnight_1d + ret_intraday_1d = ret_1d before the z (so their raw values, rebuilt here
+    from the dense close/open matrices, must z-score to what build_features gives)."""
+    cfg = _cfg_with_extras(["ret_overnight_1d", "ret_intraday_1d", "ret_overnight_5d"])
+    got = build_features(quotes, cfg)
+    dates = sorted(quotes["Date"].unique().to_list())
+    codes = sorted(quotes["Code"].unique().to_list())
+    ti = {d: i for i, d in enumerate(dates)}
+    si = {c: i for i, c in enumerate(codes)}
+    close = np.full((len(codes), len(dates)), np.nan)
+    opn = np.full_like(close, np.nan)
+    for d, c, o, v in quotes.select("Date", "Code", "Open", "Close").iter_rows():
+        close[si[c], ti[d]], opn[si[c], ti[d]] = v, o
+    present = np.isfinite(close)
+    prev = np.full_like(close, np.nan)  # last close strictly before t (spans gaps)
+    for s in range(len(codes)):
+        last = np.nan
+        for t in range(len(dates)):
+            prev[s, t] = last
+            if present[s, t]:
+                last = close[s, t]
+    over = np.where(present, np.log(opn / prev), np.nan)
+    lc = np.log(np.where(present, close, np.nan))
+    hist = np.cumsum(present, axis=1)
+    # the 5-day overnight sum where ret_5d exists (a close at or before t-5)
+    has5 = np.zeros_like(present)
+    has5[:, 5:] = np.maximum.accumulate(present, axis=1)[:, :-5]
+    over5 = np.full_like(close, np.nan)
+    for s in range(len(codes)):
+        for t in range(len(dates)):
+            if present[s, t] and has5[s, t]:
+                over5[s, t] = np.nansum(over[s, max(0, t - 4): t + 1])
+    t = 100
+    rows = present[:, t]
+    for name, raw in (("ret_overnight_1d", over), ("ret_intraday_1d", lc - np.log(opn)),
+                      ("ret_overnight_5d", over5)):
+        v = raw[rows, t]
+        u = v[(hist[rows, t] >= cfg.features.min_history) & np.isfinite(v)]
+        med = np.median(u)
+        z = np.clip((v - med) / (np.median(np.abs(u - med)) * MAD_SCALE), -5, 5)
+        day = got.filter(pl.col("Date") == dates[t]).sort("Code")
+        assert day["Code"].to_list() == [codes[i] for i in np.nonzero(rows)[0]]
+        np.testing.assert_allclose(day[name].to_numpy(), z, atol=2e-5, err_msg=name)
+
+
+def test_extras_are_point_in_time(quotes):
+    from atft_core.features import feature_columns
+
+    cfg = _cfg_with_extras()
+    cut = sorted(quotes["Date"].unique().to_list())[90]
+    rng = np.random.default_rng(2)
+    shock = np.where((quotes["Date"] > cut).to_numpy(), rng.uniform(0.5, 1.5, quotes.height), 1.0)
+    perturbed = quotes.with_columns(
+        [(pl.col(c) * shock).alias(c) for c in ("Open", "High", "Low", "Close")]
+        + [(pl.col("Volume") * shock**3).alias("Volume")]
+    ).filter(~((pl.col("Date") > cut) & (pl.col("Code") == "1306")))
+    cols = ["Date", "Code", *feature_columns(cfg)]
+    a = build_features(quotes, cfg).filter(pl.col("Date") <= cut).select(cols)
+    b = build_features(perturbed, cfg).filter(pl.col("Date") <= cut).select(cols)
+    assert a.equals(b)
+    # and cutting the data off at the cut gives the same past as well
+    c = build_features(quotes.filter(pl.col("Date") <= cut), cfg).select(cols)
+    assert a.equals(c)
+
+
+def test_unknown_extra_feature_is_one_config_error():
+    from atft_core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config("default", ["features.extra=[ret_overnight_1d,ret_overnite_5d]"])
+    msg = str(err.value)
+    assert "features.extra" in msg and "'ret_overnite_5d'" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_config("default", ["features.extra=[resid_ret_1d,resid_ret_1d]"])

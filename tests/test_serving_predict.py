@@ -172,3 +172,41 @@ def test_register_shadow_publishes_rejected_run_without_touching_champion(served
     assert rec.run_id == "20240508-rej" and "worse than champion" in rec.reason
     sig = predict_day(reg, served["day"], served["quotes"], alias="shadow")
     assert sig.run_id == "20240508-rej"
+
+
+def test_champion_trained_with_extra_features_is_served_with_them(tmp_path):
+    """features.extra reaches the model's input width, the checkpoint's config and serving: the
+    served day equals the full-history prediction, and the weights refuse a default config."""
+    from atft_core.baselines.scorer import load_scorer
+    from atft_core.data.synthetic import generate_market
+    from atft_core.dataset import build_panel
+    from atft_core.features import FEATURE_COLUMNS, build_features
+    from atft_core.registry import Registry
+    from atft_core.serving.predict import predict_day
+    from atft_core.train.api import load_model, predict_window, train_run
+
+    extras = ("ret_overnight_1d", "turnover_ratio_5_60", "resid_ret_5d")
+    base = apply_overrides(load_config("test"), TINY)
+    cfg = apply_overrides(base, [f"features.extra=[{','.join(extras)}]"])
+    quotes = generate_market(cfg.data.synthetic, tuple(cfg.horizons)).quotes
+    feats = build_features(quotes, cfg)
+    res = train_run(cfg, feats, tmp_path / "runs" / "x1", resume=False, write_report=False)
+    model, mcfg, _ = load_model(res.run_dir)
+    assert mcfg.features.extra == extras
+    assert model.n_features == len(FEATURE_COLUMNS) + len(extras) == 25
+    assert load_scorer(res.run_dir).feature_names == FEATURE_COLUMNS + extras
+    ref = json.loads((res.run_dir / "drift_reference.json").read_text())
+    assert sorted(ref["features"]) == sorted(FEATURE_COLUMNS + extras)
+    with pytest.raises(ValueError, match="does not match the config's model"):
+        load_model(res.run_dir / "model.safetensors", cfg=base)  # 22 inputs: refused
+
+    reg = Registry(f"file://{tmp_path / 'registry'}")
+    reg.publish(res.run_dir, "x1")
+    reg.promote("x1", reason="test", actor="test")
+    day = feats.get_column("Date").max()
+    sig = predict_day(reg, day, quotes)  # builds features with the champion's own config
+    full = predict_window(model, build_panel(feats, mcfg), mcfg, [day]).frame()
+    joined = sig.frame.join(full, on=["Date", "Code"], suffix="_full")
+    assert joined.height == full.height > 0
+    for h in cfg.horizons:
+        np.testing.assert_array_equal(joined[f"pred_{h}d"].to_numpy(), joined[f"pred_{h}d_full"].to_numpy())

@@ -89,11 +89,11 @@ def load_scorer(source: Any) -> Scorer:
 
         model = read_ridge(run_dir)
         return Scorer("ridge", model.horizons, model.feature_names, run_dir, model, cfg)
-    from atft_core.features import FEATURE_COLUMNS
+    from atft_core.features import feature_columns
     from atft_core.train.api import load_model
 
     model, cfg, _ = load_model(run_dir)
-    return Scorer("atft", tuple(cfg.horizons), tuple(FEATURE_COLUMNS), run_dir, model, cfg)
+    return Scorer("atft", tuple(cfg.horizons), feature_columns(cfg), run_dir, model, cfg)
 
 
 def evaluate_ridge_run(run_dir: str | Path, frame: pl.DataFrame, split_cfg) -> dict[str, Any]:

@@ -92,18 +92,18 @@ def _spawn(impl: str, src: Path, dst: Path, cfg_path: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _compare(a, b, codes) -> tuple[float, bool]:
+def _compare(a, b, codes, cfg) -> tuple[float, bool]:
     import numpy as np
     import polars as pl
 
-    from atft_core.features import FEATURE_COLUMNS
+    from atft_core.features import feature_columns
 
     a = a.filter(pl.col("Code").is_in(codes)).sort("Date", "Code")
     b = b.filter(pl.col("Code").is_in(codes)).sort("Date", "Code")
     if a.height != b.height or a["Code"].to_list() != b["Code"].to_list():
         return float("inf"), False
     worst, same_nulls = 0.0, True
-    cols = [*FEATURE_COLUMNS, *[c for c in a.columns if c.startswith("y_")]]
+    cols = [*feature_columns(cfg), *[c for c in a.columns if c.startswith("y_")]]
     for c in cols:
         x = a[c].cast(pl.Float64).to_numpy()
         y = b[c].cast(pl.Float64).to_numpy()
@@ -152,7 +152,7 @@ def _run(args) -> int:
                   f"(cpu {res['pandas']['cpu_seconds'] / res['polars']['cpu_seconds']:.1f}x); "
                   f"peak RSS ratio: {res['pandas']['rss_peak_mb'] / res['polars']['rss_peak_mb']:.2f}x")
             codes = sorted(fp["Code"].unique().to_list())[: args.check_stocks]
-            worst, nulls = _compare(fp, pl.read_parquet(work / "f_pandas.parquet"), codes)
+            worst, nulls = _compare(fp, pl.read_parquet(work / "f_pandas.parquet"), codes, cfg)
             print(f"agreement on {len(codes)} codes: max |polars - pandas| = {worst:.2e}, "
                   f"same null pattern: {nulls}")
         _bench_loader(fp, cfg, args.loader_days)

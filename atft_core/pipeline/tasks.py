@@ -167,7 +167,7 @@ def build_features(ctx: dict[str, Any], validated: dict[str, Any] | None = None)
     frame.write_parquet(tmp, compression="zstd")
     os.replace(tmp, out)
     seconds = time.perf_counter() - t0
-    rc.pusher("features").features(rows=frame.height, seconds=seconds, columns=len(features.FEATURE_COLUMNS))
+    rc.pusher("features").features(rows=frame.height, seconds=seconds, columns=len(features.feature_columns(rc.config)))
     return {"features_path": str(out), "rows": frame.height, "seconds": round(seconds, 3)}
 
 

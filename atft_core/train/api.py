@@ -150,9 +150,9 @@ def load_model(weights: str | Path, cfg: Config | None = None) -> tuple[torch.nn
     if cfg is None:
         raise ValueError("a weights file needs its config (cfg=...) or a run dir with config.yaml")
     state, meta = load_weights(path)
-    from atft_core.features import FEATURE_COLUMNS
+    from atft_core.features import feature_columns
 
-    model = build_model(cfg, len(FEATURE_COLUMNS))
+    model = build_model(cfg, len(feature_columns(cfg)))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatch: other features / hidden size
