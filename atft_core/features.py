@@ -255,21 +255,20 @@ def build_features(
     fc = cfg.features
     clean = _clean(quotes, mask).collect()
     dates = quotes.lazy().select(pl.col("Date").unique().sort()).collect().to_series()
-    with grid.retained_heap():  # features_grid.retained_heap says why
-        g = grid.load_grid(clean, dates, with_open=any(c.startswith(("ret_overnight", "ret_intraday"))
-                                                       for c in cfg.features.extra))
-        del clean
-        present = g.present
-        history = np.cumsum(present, axis=0, dtype=np.int32)
-        columns = feature_columns(cfg)
-        raw = _raw_features(g, columns)
-        ret_1d_raw = raw["ret_1d"][present].astype(np.float32)
-        z = grid.robust_z_all(raw, present, present & (history >= fc.min_history), fc.clip,
-                              MAD_SCALE, SCALE_EPS)
-        del raw
-        entry = grid.shift(g.close, -1)  # raw: null on gaps / masked rows / beyond the span
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ys = {f"y_{h}d": (grid.shift(g.close, -(1 + h)) / entry - 1)[present] for h in fc.horizons}
+    g = grid.load_grid(clean, dates, with_open=any(c.startswith(("ret_overnight", "ret_intraday"))
+                                                   for c in cfg.features.extra))
+    del clean
+    present = g.present
+    history = np.cumsum(present, axis=0, dtype=np.int32)
+    columns = feature_columns(cfg)
+    raw = _raw_features(g, columns)
+    ret_1d_raw = raw["ret_1d"][present].astype(np.float32)
+    z = grid.robust_z_all(raw, present, present & (history >= fc.min_history), fc.clip,
+                          MAD_SCALE, SCALE_EPS)
+    del raw
+    entry = grid.shift(g.close, -1)  # raw: null on gaps / masked rows / beyond the span
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ys = {f"y_{h}d": (grid.shift(g.close, -(1 + h)) / entry - 1)[present] for h in fc.horizons}
     t_idx, s_idx = np.nonzero(present)  # row-major: sorted by (Date, Code)
     sec = g.sector[present]
     sector = (

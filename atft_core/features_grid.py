@@ -25,11 +25,8 @@ features for the past when later rows change or are cut off):
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -306,35 +303,6 @@ def robust_z_all(raw: dict[str, np.ndarray], present: np.ndarray, usable: np.nda
 
     by_day(block, *present.shape)
     return out
-
-
-# --------------------------------------------------------------------------- memory
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
-_GLIBC_DEFAULT = 128 * 1024
-
-
-@contextmanager
-def retained_heap():
-    """While building, reuse freed memory for the next block's temporaries (glibc only).
-
-    By default glibc serves arrays above its mmap threshold with a fresh mmap and trims the heap
-    top on free, so the block temporaries page-fault their memory in again and again: 25-40 % of
-    a build was system time (1.5-2.6 s of ~6 s at 1,000 x 2,500; 0.5 s inside this context).
-    On exit the thresholds go back to glibc's defaults and the retained memory is returned
-    (``malloc_trim``), so the process keeps no more than before. A no-op on other C libraries."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, "mallopt") or not hasattr(libc, "malloc_trim"):
-        yield
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's maximum on 64-bit
-    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    try:
-        yield
-    finally:
-        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT)
-        libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT)
-        libc.malloc_trim(0)
 
 
 # --------------------------------------------------------------------------- blocks
