@@ -40,12 +40,17 @@ Extra, non-feature columns: ``history_days`` (real rows of the stock up to and i
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import polars as pl
 
 from atft_core import features_grid as grid
 from atft_core.config import Config
 from atft_core.data.schema import check_schema, complete_optional
+
+log = logging.getLogger("atft.features")
 
 MAD_SCALE = 1.4826  # MAD of a standard normal = 1/1.4826
 SCALE_EPS = 1e-10  # a per-day scale below this means "constant across the day" -> z = 0
@@ -253,6 +258,7 @@ def build_features(
         ``history_days`` (Int32) and ``ret_1d_raw`` (Float32). One row per real stock-day.
     """
     fc = cfg.features
+    t0 = time.perf_counter()
     clean = _clean(quotes, mask).collect()
     dates = quotes.lazy().select(pl.col("Date").unique().sort()).collect().to_series()
     g = grid.load_grid(clean, dates, with_open=any(c.startswith(("ret_overnight", "ret_intraday"))
@@ -261,11 +267,16 @@ def build_features(
     present = g.present
     history = np.cumsum(present, axis=0, dtype=np.int32)
     columns = feature_columns(cfg)
+    # progress (issue 13 item 4): a line per stage, a large market takes tens of seconds
+    log.info("features: %d days x %d stocks (%d stock-days) on the grid in %.1fs", *present.shape,
+             int(present.sum()), time.perf_counter() - t0)
     raw = _raw_features(g, columns)
     ret_1d_raw = raw["ret_1d"][present].astype(np.float32)
+    log.info("features: %d raw columns at %.1fs", len(columns), time.perf_counter() - t0)
     z = grid.robust_z_all(raw, present, present & (history >= fc.min_history), fc.clip,
                           MAD_SCALE, SCALE_EPS)
     del raw
+    log.info("features: per-day robust z at %.1fs", time.perf_counter() - t0)
     entry = grid.shift(g.close, -1)  # raw: null on gaps / masked rows / beyond the span
     with np.errstate(invalid="ignore", divide="ignore"):
         ys = {f"y_{h}d": (grid.shift(g.close, -(1 + h)) / entry - 1)[present] for h in fc.horizons}
