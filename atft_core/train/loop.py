@@ -3,8 +3,9 @@
 Per optimizer step: the day batch is split into micro-batches of ``grad_accum_days`` days
 (the accumulated gradient is exactly the whole batch's, see :mod:`atft_core.train.grad_accum`),
 forward under bf16 autocast (CUDA or CPU), loss in fp32, backward, grad-norm clip, one host sync
-to check that loss and grad norm are finite (NaN guard), AdamW step with the LR from
-:class:`LRController` (warmup + plateau + NaN shrink). Under ``torchrun`` (``dist`` enabled,
+to check that loss and grad norm are finite (NaN guard), AdamW step (decay on weight matrices
+only, :mod:`atft_core.train.optim`) with the LR from :class:`LRController` (warmup + plateau +
+NaN shrink). Under ``torchrun`` (``dist`` enabled,
 :mod:`atft_core.train.ddp`) each rank runs the forward of its contiguous share of the batch's
 days, the predictions are gathered so every rank evaluates the *whole batch's* loss (cross-day
 Sharpe included), backward reaches only the rank's own rows, and the parameter gradients are
@@ -68,6 +69,7 @@ from atft_core.train.ddp import SINGLE_PROCESS, DistContext, check_settings, ide
 from atft_core.train.gpu_stats import StepTimes, epoch_figures, epoch_start
 from atft_core.train.grad_accum import backward_batch_objective
 from atft_core.train.nan_guard import NanGuard
+from atft_core.train.optim import build_adamw
 from atft_core.train.phases import resolve_phases
 from atft_core.train.predict import Predictions, autocast_ctx, predict_loader, quick_metrics
 from atft_core.train.scheduler import LRController
@@ -251,9 +253,8 @@ class Trainer:
         self.keep_checkpoints = keep_checkpoints
         self.phases = resolve_phases(self.tc, epochs_scale)
         self.monitor = self.tc.early_stopping.monitor
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.tc.optimizer.lr, weight_decay=self.tc.optimizer.weight_decay
-        )
+        # decay on weight matrices only, not biases/norms/embeddings (optim.py)
+        self.optimizer = build_adamw(self.model, self.tc.optimizer.lr, self.tc.optimizer.weight_decay)
         self.lr = LRController(self.optimizer, self.tc.optimizer.lr, self.tc.optimizer.warmup_steps,
                                self.tc.scheduler)
         self.early = EarlyStopping(self.tc.early_stopping)
