@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from atft_core.config import apply_overrides, load_config
@@ -65,3 +66,27 @@ def test_trainer_uses_the_groups(tmp_path):
     groups = trainer.optimizer.param_groups
     assert [g["weight_decay"] for g in groups] == [0.02, 0.0]
     assert groups[0]["names"] == param_groups(model, 0.02)[0]["names"]
+
+
+def test_resume_from_a_single_group_checkpoint_is_refused_clearly(tmp_path):
+    """A checkpoint written before the groups (one AdamW group) cannot be resumed silently with
+    another decay set: CheckpointError naming the group counts (the CLI prints it as one line)."""
+    from test_trainer import make_trainer  # tests/ is on sys.path (pytest prepend import mode)
+
+    from atft_core.train.checkpoint import (
+        CheckpointError,
+        latest_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    t = make_trainer(tmp_path)
+    t.fit(resume=False)
+    path = latest_checkpoint(t.ckpt_dir)
+    ck = load_checkpoint(path)
+    old = torch.optim.AdamW(t.model.parameters(), lr=1e-3, weight_decay=1e-4)  # the pre-groups optimizer
+    ck["optimizer"] = old.state_dict()
+    save_checkpoint(path, ck)
+    with pytest.raises(CheckpointError, match="1 parameter group"):
+        make_trainer(tmp_path).fit(resume=True)
+    make_trainer(tmp_path / "fresh").fit(resume=True)  # a new run dir trains

@@ -329,6 +329,12 @@ class Trainer:
                 f"{self.config_sha256[:12]}); resume with the same config or use a new run dir"
             )
         self.model.load_state_dict(ck["model"])
+        saved_groups, groups = len(ck["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
+        if saved_groups != groups:  # written before the weight-decay groups (optim.py)
+            raise CheckpointError(
+                f"{path} holds optimizer state for {saved_groups} parameter group(s), this code builds "
+                f"{groups} (weight decay on weight matrices only); resume with the code that wrote it "
+                f"or use a new run dir")
         self.optimizer.load_state_dict(ck["optimizer"])
         self.lr.load_state_dict(ck["lr_controller"])
         self.early.load_state_dict(ck["early_stopping"])
