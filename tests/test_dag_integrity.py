@@ -340,13 +340,14 @@ def test_task_ctx_uses_the_interval_and_tokyo_trading_day(af_env):
     from atft_airflow_utils import task_ctx
 
     dag_run = SimpleNamespace(dag_id="atft_retrain", run_id="scheduled__x", conf={"lr": 0.01},
+                              run_type=SimpleNamespace(value="scheduled"),  # DagRunType.SCHEDULED
                               run_after=pendulum.datetime(2024, 5, 7, 9, tz="UTC"))
     ctx = task_ctx({"dag_run": dag_run, "ti": SimpleNamespace(try_number=2),
                     "dag": SimpleNamespace(params={"lr": None, "config": "default"}),
                     "data_interval_start": pendulum.datetime(2024, 5, 2, 9, tz="UTC"),
                     "data_interval_end": pendulum.datetime(2024, 5, 7, 9, tz="UTC"),
                     "params": {"lr": 0.01}}, endpoints=False)
-    assert ctx == {"dag_id": "atft_retrain", "run_id": "scheduled__x",
+    assert ctx == {"dag_id": "atft_retrain", "run_id": "scheduled__x", "run_type": "scheduled",
                    "data_interval_start": "2024-05-02T09:00:00+00:00",
                    "data_interval_end": "2024-05-07T09:00:00+00:00",
                    "as_of": "2024-05-07", "params": {"lr": 0.01}, "try_number": 2,
