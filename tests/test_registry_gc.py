@@ -38,8 +38,8 @@ KILLER = textwrap.dedent("""
         os.link = link_then_die
     else:
         real_put = reg.store.put_file
-        def put_then_die(key, path, *, sha256):
-            real_put(key, path, sha256=sha256)
+        def put_then_die(key, path, *, sha256, on_bytes=None):
+            real_put(key, path, sha256=sha256, on_bytes=on_bytes)
             os.kill(os.getpid(), signal.SIGKILL)
         reg.store.put_file = put_then_die
     reg.publish(run_dir, run_id)
