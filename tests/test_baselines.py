@@ -327,6 +327,9 @@ def test_nightly_pipeline_rejects_a_weak_candidate_and_serves_the_ridge(tmp_path
     assert published["run_id"] == f"{trained['run_id']}-ridge"
     reg = Registry("file://var/registry", cache_dir=tmp_path / "cache")
     assert reg.get_alias("champion").run_id == published["run_id"]
+    # the run summary names the ridge as the champion now (it named the previous one)
+    summary = pipeline.retrain_summary(trained, evaluation, decision, published)
+    assert summary["decision"] == "reject" and summary["champion_run_id"] == published["run_id"]
     scorer = load_scorer(reg.load_champion())
     assert scorer.family == "ridge"
     frame = pl.read_parquet(Path(evaluation["evaluation_path"]).parent / "features.parquet")

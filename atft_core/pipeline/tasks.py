@@ -417,7 +417,9 @@ def retrain_summary(trained: dict[str, Any], evaluation: dict[str, Any], decisio
     """The run's summary from the tasks' references (published is None when skipped); the
     holdout numbers are read from the one ``evaluation.json``."""
     full = _read_json(evaluation["evaluation_path"])
-    promoted = decision.get("decision") == "promote" and published is not None
+    # publish always moves the champion (CAS): the candidate, or the ladder's ridge when the
+    # candidate lost and the fallback passed the gate (decision "reject", publish "ridge")
+    promoted = published is not None
     return {
         "run_id": trained["run_id"],
         "run_dir": trained["run_dir"],
@@ -430,7 +432,7 @@ def retrain_summary(trained: dict[str, Any], evaluation: dict[str, Any], decisio
         "holdout": _headline(full.get("candidate")),
         "champion_holdout": _headline(full.get("champion")),
         "previous_champion_run_id": full.get("champion_run_id"),
-        "champion_run_id": trained["run_id"] if promoted else full.get("champion_run_id"),
+        "champion_run_id": published.get("run_id", trained["run_id"]) if promoted else full.get("champion_run_id"),
         "published_uri": published.get("uri") if published else None,
     }
 
