@@ -305,8 +305,8 @@ class HPOConfig(_Section):
     grace_s: int = Field(60, ge=2)
     max_retry: int = Field(2, ge=0)
     use_best_from: str | None = Field(
-        None, description='best_params.yaml of a study -> overrides; "latest" = the file the HPO DAG '
-                          "last wrote for hpo.study_name (none yet: no change)")
+        None, description='best_params.yaml of a study -> overrides; "latest" = the newest HPO DAG '
+                          "result for this same config (hpo.latest_best_path; none yet: no change)")
     applied_trial: str | None = Field(None, description="set by hpo.resolve_config: study#trial used")
 
 

@@ -15,9 +15,9 @@ create_study -> plan_trials -> run_trial[0..n-1] (gpu, mapped) -> summarise
   reopens, on retry) the study; trials read that one feature file.
 * A retried trial re-runs only its own index; the study's storage keeps finished trials.
 * **summarise** writes all trials' results and the best trial as `best_params.yaml` plus the
-  `{run_root}/hpo/{study_name}.latest.yaml` pointer that the next `atft_retrain` trains with
-  (`hpo.use_best_from: latest` in the default config; never promotes: promotion
-  is the retrain DAG's gate).
+  `{run_root}/hpo/latest/{config identity}.yaml` copy that the next `atft_retrain` of the same
+  config trains with (`hpo.use_best_from: latest` in the default config; never promotes:
+  promotion is the retrain DAG's gate).
 """
 
 from __future__ import annotations

@@ -153,6 +153,9 @@ class RunContext:
     try_number: int = 1
     endpoints: Mapping[str, Any] = field(default_factory=dict)
     run_type: str = ""  # Airflow's DagRunType value; "" outside Airflow
+    # the config before hpo.use_best_from is applied (None: the same as ``config``): what an HPO
+    # run searches around and keys its ``latest`` result by (hpo.latest_best_path)
+    base: Config | None = None
 
     @classmethod
     def build(cls, ctx: Mapping[str, Any] | RunContext, environ: Mapping[str, str] | None = None) -> RunContext:
@@ -164,9 +167,9 @@ class RunContext:
         endpoints = dict(ctx.get("endpoints") or {})
         dag_id = str(ctx.get("dag_id") or "adhoc")
         try:
-            cfg = with_endpoints(config_from_params(params), endpoints, environ)
-            if dag_id not in SEARCH_DAG_IDS:  # hpo.use_best_from -> best trial's overrides + applied_trial
-                cfg = hpo.resolve_config(cfg)
+            base = with_endpoints(config_from_params(params), endpoints, environ)
+            # hpo.use_best_from -> the best trial's overrides + applied_trial (not for a search)
+            cfg = base if dag_id in SEARCH_DAG_IDS else hpo.resolve_config(base)
         except ConfigError as err:  # already names the key; keep one exception family
             raise RunConfError(str(err)) from None
         as_of = ctx.get("as_of") or dt.datetime.now(calendar.ZONE).date().isoformat()  # Tokyo day
@@ -175,7 +178,7 @@ class RunContext:
                    data_interval_start=ctx.get("data_interval_start"),
                    data_interval_end=ctx.get("data_interval_end"),
                    try_number=int(ctx.get("try_number") or 1), endpoints=endpoints,
-                   run_type=str(ctx.get("run_type") or ""))
+                   run_type=str(ctx.get("run_type") or ""), base=base)
 
     # ------------------------------------------------------------------ identity
     @cached_property
@@ -183,13 +186,10 @@ class RunContext:
         """:func:`model_identity_hash` of the run's config (what changes the model)."""
         return model_identity_hash(self.config)
 
-    @cached_property
+    @property
     def base_config(self) -> Config:
-        """:attr:`config` before ``hpo.use_best_from`` is applied: what an HPO run searches around
-        and keys its ``latest`` result by (:func:`atft_core.train.hpo.latest_best_path`)."""
-        if self.dag_id in SEARCH_DAG_IDS:
-            return self.config
-        return with_endpoints(config_from_params(self.params), self.endpoints)
+        """:attr:`config` before ``hpo.use_best_from`` is applied (see ``base``)."""
+        return self.base if self.base is not None else self.config
 
     @cached_property
     def training_config(self) -> Config:

@@ -184,22 +184,19 @@ def train_candidate(ctx: dict[str, Any], feats: dict[str, Any] | None = None) ->
     features_path = (feats or {}).get("features_path") or rc.work_dir / "features.parquet"
     pusher = rc.pusher("train")
     nproc = rc.config.train.nproc
+    from atft_core.train import ddp
+
     t0 = time.perf_counter()
     try:
         if nproc > 1:  # torch.distributed on this worker (gloo on CPU, NCCL with a GPU per rank)
-            from atft_core.train import ddp
-
             result = ddp.launch_train(rc.training_config, rc.run_dir, nproc, resume=True,
                                       features_path=features_path,
                                       hook_factory=functools.partial(_rank0_epoch_hook, rc),
                                       evaluate_holdout=False)
         else:
-            res = train_run(rc.training_config, pl.read_parquet(features_path), rc.run_dir, resume=True,
-                            on_epoch_end=epoch_metrics_hook(pusher, rc.config.horizons),
-                            evaluate_holdout=False)
-            result = {"weights_path": res.weights_path, "metrics_path": res.metrics_path,
-                      "best_value": res.best_value, "best_record": res.best, "nan_steps": res.nan_steps,
-                      "resumed_from": res.resumed_from, "train_seconds": res.train_seconds}
+            result = ddp.run_summary(train_run(
+                rc.training_config, pl.read_parquet(features_path), rc.run_dir, resume=True,
+                on_epoch_end=epoch_metrics_hook(pusher, rc.config.horizons), evaluate_holdout=False))
     except Exception:
         pusher.stage("train", success=False, seconds=time.perf_counter() - t0)
         raise

@@ -336,8 +336,9 @@ def publish_best(cfg: Config, storage: str, study: str) -> dict[str, Any]:
     except LookupError as err:
         log.warning("hpo: %s; the latest best config is unchanged", err)
         return {"best": None, "reason": str(err)}
-    latest = atomic_write_text(latest_best_path(cfg), path.read_text())
-    best = yaml.safe_load(path.read_text())
+    text = path.read_text()
+    latest = atomic_write_text(latest_best_path(cfg), text)
+    best = yaml.safe_load(text)
     return {"best": f"{study}#{best['trial']}", "value": best["value"], "best_params": str(path),
             "latest": str(latest)}
 
