@@ -254,6 +254,11 @@ def day_graph(panel: Panel, stocks: Tensor, t: int, cfg: GraphConfig) -> tuple[T
     return build_day_graph(*graph_inputs(panel, stocks, t, cfg), cfg)
 
 
+# One batched graph pass holds ~20 bytes of (D, N, N) temporaries per entry: 4M entries ~ 80 MB
+# (4 days of 1,000 stocks at a time; one day of 4,000 stocks is 16M, built alone).
+GRAPH_PASS_ELEMENTS = 4_000_000
+
+
 class DayBatchLoader:
     """Iterable of :class:`DayBatch` over the given dates, ``days_per_batch`` days each.
 
@@ -322,14 +327,23 @@ class DayBatchLoader:
             self.panel.graph_cache[key] = (ei.to(torch.int32), ea)  # int32 halves the cache
         return ei, ea
 
-    def _build_missing_graphs(self, t_days: Sequence[int]) -> dict[int, tuple[Tensor, Tensor]]:
-        """Graphs of the days not in the cache, built in one batched pass (graph.build_day_graphs)."""
+    def _build_graphs(self, t_days: Sequence[int]) -> dict[int, tuple[Tensor, Tensor]]:
+        """Graphs of these days in batched passes (graph.build_day_graphs) of at most
+        ``GRAPH_PASS_ELEMENTS`` day x stock x stock entries each (one day if a day alone is more).
+        Batches of days, not single days, because one pass's fixed cost is ~1 ms; not more days
+        than a batch needs, because beyond ~4 days of 200 stocks a day costs no less (measured)."""
         g = self.cfg.graph
-        todo = [int(t) for t in t_days if (int(t), g) not in self.panel.graph_cache]
-        if not todo:
-            return {}
-        wins, secs = zip(*(graph_inputs(self.panel, self.stocks_of(t), t, g) for t in todo))
-        built = dict(zip(todo, build_day_graphs(list(wins), list(secs), g)))
+        built: dict[int, tuple[Tensor, Tensor]] = {}
+        chunk: list[int] = []
+        for i, t in enumerate(t_days):
+            chunk.append(int(t))
+            nxt = t_days[i + 1] if i + 1 < len(t_days) else None
+            widest = max(len(self.stocks_of(u)) for u in chunk + ([int(nxt)] if nxt is not None else []))
+            if nxt is not None and (len(chunk) + 1) * widest**2 <= GRAPH_PASS_ELEMENTS:
+                continue
+            wins, secs = zip(*(graph_inputs(self.panel, self.stocks_of(u), u, g) for u in chunk))
+            built.update(zip(chunk, build_day_graphs(list(wins), list(secs), g)))
+            chunk = []
         if self.cache_graphs:
             for t, (ei, ea) in built.items():
                 self.panel.graph_cache[(t, g)] = (ei.to(torch.int32), ea)  # int32 halves the cache
@@ -337,14 +351,15 @@ class DayBatchLoader:
 
     def make_batch(self, t_days: Sequence[int]) -> DayBatch:
         p = self.panel
-        fresh = self._build_missing_graphs(t_days)
+        g = self.cfg.graph
+        built = self._build_graphs([int(t) for t in t_days if (int(t), g) not in p.graph_cache])
         stocks = [self.stocks_of(int(t)) for t in t_days]
         sizes = torch.tensor([len(s) for s in stocks], dtype=torch.int64)
         day_ptr = torch.zeros(len(stocks) + 1, dtype=torch.int64)
         day_ptr[1:] = torch.cumsum(sizes, 0)
         s = torch.cat(stocks)  # (N,)
         t = torch.repeat_interleave(torch.as_tensor(np.asarray(t_days, dtype=np.int64)), sizes)  # (N,)
-        graphs = [fresh[int(td)] if int(td) in fresh else self.graph_of(int(td)) for td in t_days]
+        graphs = [built[int(td)] if int(td) in built else self.graph_of(int(td)) for td in t_days]
         edge_index = torch.cat([g[0] + day_ptr[k] for k, g in enumerate(graphs)], dim=1)
         edge_attr = torch.cat([g[1] for g in graphs], dim=0)
         return DayBatch(

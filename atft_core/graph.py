@@ -16,6 +16,7 @@ Decisions:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,13 +42,33 @@ def window_correlation(returns: Tensor, min_obs: int) -> Tensor:
     return rho.to(torch.float32)
 
 
-def _tie_broken(score: Tensor) -> Tensor:
-    """``score`` in float64 minus ``1e-15 * column``: exact ties go to the lower column index, in
-    :func:`build_day_graph` and :func:`build_day_graphs` alike (``topk`` alone breaks ties in an
-    order that depends on the row length, i.e. on padding). Scores are float32 |rho| values, far
-    coarser than the shift, so distinct scores keep their order."""
-    cols = torch.arange(score.shape[-1], dtype=torch.float64)
-    return score.to(torch.float64) - 1e-15 * cols
+def _top_per_row(score: Tensor, count: Tensor, counted: float) -> tuple[Tensor, Tensor]:
+    """Column indices of each row's ``count[d]`` largest scores, exact ties to the lower column
+    (a stable descending sort's order), and which of them score ``>= counted``.
+
+    ``topk`` alone breaks ties in an order that depends on the row length (i.e. on padding), so a
+    row whose count-th and next score are equal and would be kept is redone with a stable sort;
+    every other row's top set is unique, whatever order ``topk`` returns it in.
+
+    Shapes: score (D, N, C) float32, count (D,) int64 -> idx (D, N, k), keep (D, N, k) bool
+    with k = max(count).
+    """
+    d, n, c = score.shape
+    k = int(count.max())
+    vals, idx = torch.topk(score, min(k + 1, c), dim=2)  # (D, N, k+1), descending
+    rank = torch.arange(k)[None, None, :]
+    keep = (vals[..., :k] >= counted) & (rank < count[:, None, None])
+    if c > k:
+        at = (count - 1).clamp(min=0)[:, None, None].expand(-1, n, 1)
+        last, nxt = vals.gather(2, at), vals.gather(2, at + 1)  # (D, N, 1)
+        tied = ((last == nxt) & (last >= counted)).squeeze(2) & (count > 0)[:, None]  # (D, N)
+        if bool(tied.any()):
+            rows = tied.nonzero(as_tuple=True)
+            stable = torch.sort(score[rows], dim=1, descending=True, stable=True)
+            idx, vals = idx[..., :k].clone(), vals[..., :k].clone()
+            idx[rows], vals[rows] = stable.indices[:, :k], stable.values[:, :k]
+            keep = (vals >= counted) & (rank < count[:, None, None])
+    return idx[..., :k], keep
 
 
 def build_day_graph(returns: Tensor, sectors: Tensor, cfg: GraphConfig) -> tuple[Tensor, Tensor]:
@@ -61,116 +82,72 @@ def build_day_graph(returns: Tensor, sectors: Tensor, cfg: GraphConfig) -> tuple
     Returns:
         edge_index (2, E) int64 and edge_attr (E, 2) float32 = [rho, same_sector].
     """
-    n = returns.shape[0]
-    if n < 2:
-        return torch.zeros((2, 0), dtype=torch.int64), torch.zeros((0, 2), dtype=torch.float32)
-    min_obs = max(3, returns.shape[1] // 2)
-    rho = window_correlation(returns, min_obs)  # (N, N)
-    score = rho.abs()
-    eye = torch.eye(n, dtype=torch.bool)
-    src_parts, dst_parts = [], []
-
-    k = min(cfg.k, n - 1)
-    if k > 0:
-        s = score.masked_fill(eye, -1.0)
-        order = torch.topk(_tie_broken(s), k, dim=1).indices  # (N, k)
-        keep = torch.gather(s, 1, order) >= max(cfg.min_abs_corr, 1e-12)
-        rows = torch.arange(n)[:, None].expand(n, k)
-        src_parts.append(rows[keep])
-        dst_parts.append(order[keep])
-
-    same = (sectors[:, None] == sectors[None, :]) & (sectors[:, None] >= 0) & ~eye  # (N, N)
-    m = min(cfg.max_sector_neighbours, n - 1)
-    if cfg.sector_edges and m > 0 and bool(same.any()):
-        s = torch.where(same, score, torch.full_like(score, -1.0))
-        order = torch.topk(_tie_broken(s), m, dim=1).indices  # (N, m)
-        keep = torch.gather(same, 1, order)
-        rows = torch.arange(n)[:, None].expand(n, m)
-        src_parts.append(rows[keep])
-        dst_parts.append(order[keep])
-
-    if not src_parts:
-        return torch.zeros((2, 0), dtype=torch.int64), torch.zeros((0, 2), dtype=torch.float32)
-    src = torch.cat(src_parts)
-    dst = torch.cat(dst_parts)
-    a = torch.cat([src, dst])
-    b = torch.cat([dst, src])
-    key = torch.unique(a * n + b)  # sorted -> deterministic (src, dst) order
-    src, dst = key // n, key % n
-    attr = torch.stack([rho[src, dst], same[src, dst].to(torch.float32)], dim=1)
-    return torch.stack([src, dst]), attr
+    return build_day_graphs([returns], [sectors], cfg)[0]
 
 
 def build_day_graphs(returns: list[Tensor], sectors: list[Tensor], cfg: GraphConfig) -> list[tuple[Tensor, Tensor]]:
-    """:func:`build_day_graph` for several days in one batched pass (same edges, same order).
+    """:func:`build_day_graph` of several days in one batched pass.
 
     Days are padded to (D, N_max, W_max): missing returns are NaN (already "missing" to the
-    correlation), padded stocks have score -1 (never picked) and are never sources; per-day k,
-    m and ``min_obs`` are applied as masks. Why: per day the graph is ~30 small tensor ops, and
-    their fixed cost, not arithmetic, dominated the loader's first pass (issue 15).
+    correlation), padded stocks score -1 (never picked, never sources); per-day k, m and
+    ``min_obs`` are per-day counts. Only the (D, N, N) correlation and its |rho| are dense: edges
+    are picked by ``topk`` and deduplicated as (day, src, dst) keys. Why: per day the graph is
+    ~30 small tensor ops, whose fixed cost dominated the loader's first pass, and every extra
+    dense (D, N, N) pass costs ~1-3 ns per entry (60 ms per pass at 4,000 stocks) (issue 15).
     """
     d = len(returns)
+    empty = (torch.zeros((2, 0), dtype=torch.int64), torch.zeros((0, 2), dtype=torch.float32))
     if d == 0:
         return []
     ns = [int(r.shape[0]) for r in returns]
     n_max, w_max = max(ns), max(int(r.shape[1]) for r in returns)
     if n_max < 2:
-        return [build_day_graph(r, s, cfg) for r, s in zip(returns, sectors)]
+        return [empty] * d
     r = torch.full((d, n_max, w_max), float("nan"), dtype=torch.float64)
     sec = torch.full((d, n_max), -1, dtype=torch.int64)
     for i, (ri, si) in enumerate(zip(returns, sectors)):
         r[i, : ri.shape[0], w_max - ri.shape[1]:] = ri  # windows are aligned at their last day
         sec[i, : si.shape[0]] = si
     n = torch.tensor(ns)
-    real = torch.arange(n_max)[None, :] < n[:, None]  # (D, N)
-    min_obs = torch.tensor([max(3, int(x.shape[1]) // 2) for x in returns])  # per day, as in build_day_graph
+    min_obs = torch.tensor([max(3, int(x.shape[1]) // 2) for x in returns])  # per day: half its window
     ok = torch.isfinite(r)
     n_obs = ok.sum(2)  # (D, N)
-    r0 = torch.where(ok, r, 0.0)
-    mean = r0.sum(2) / n_obs.clamp(min=1)
+    mean = torch.where(ok, r, 0.0).sum(2) / n_obs.clamp(min=1)
     dev = torch.where(ok, r - mean[..., None], 0.0)
     norm = dev.pow(2).sum(2).sqrt()
     valid = (n_obs >= min_obs[:, None]) & (norm > 1e-12)
     z = torch.where(valid[..., None], dev / norm.clamp(min=1e-12)[..., None], 0.0)
-    rho = torch.bmm(z, z.transpose(1, 2)).clamp(-1.0, 1.0).to(torch.float32)  # (D, N, N)
-    eye = torch.eye(n_max, dtype=torch.bool)[None]
-    rho = rho.masked_fill(eye, 0.0)
-    pair = real[:, :, None] & real[:, None, :] & ~eye  # (D, N, N) real, non-self pairs
-    score = torch.where(pair, rho.abs(), -1.0)
-    rows = torch.arange(n_max)[None, :, None]
-    src_parts: list[Tensor] = []  # flat keys day * N^2 + src * N + dst
-    k_day = (n - 1).clamp(max=cfg.k)  # (D,)
-    k = int(k_day.max())
-    if k > 0:
-        order = torch.topk(_tie_broken(score), k, dim=2).indices  # (D, N, k)
-        keep = (torch.gather(score, 2, order) >= max(cfg.min_abs_corr, 1e-12)) & (torch.arange(k)[None, None, :] < k_day[:, None, None])
-        keep &= real[..., None]
-        day = torch.arange(d)[:, None, None]
-        src_parts.append(((day * n_max + rows) * n_max + order)[keep])
-    same = (sec[:, :, None] == sec[:, None, :]) & (sec[:, :, None] >= 0) & pair
+    rho = torch.bmm(z, z.transpose(1, 2)).to(torch.float32).clamp_(-1.0, 1.0)  # (D, N, N)
+    rho.diagonal(dim1=1, dim2=2).zero_()
+    score = rho.abs()
+    score.diagonal(dim1=1, dim2=2).fill_(-1.0)
+    for i, ni in enumerate(ns):  # padded stocks: never picked
+        score[i, ni:] = -1.0
+        score[i, :, ni:] = -1.0
+    day = torch.arange(d)[:, None, None]
+    src = torch.arange(n_max)[None, :, None]
+    keys = []  # day * N^2 + src * N + dst
+    k_day = (n - 1).clamp(max=cfg.k)
+    if int(k_day.max()) > 0:
+        idx, keep = _top_per_row(score, k_day, max(cfg.min_abs_corr, 1e-12))
+        keys.append(((day * n_max + src) * n_max + idx)[keep])
+    # unknown sectors (and pads) get ids no other stock has, so "same" needs no extra mask
+    sid = torch.where(sec >= 0, sec, -1 - torch.arange(n_max)[None, :])  # (D, N)
     m_day = (n - 1).clamp(max=cfg.max_sector_neighbours)
-    m = int(m_day.max())
-    if cfg.sector_edges and m > 0:
-        s = torch.where(same, score, -1.0)
-        order = torch.topk(_tie_broken(s), m, dim=2).indices
-        keep = torch.gather(same, 2, order) & (torch.arange(m)[None, None, :] < m_day[:, None, None])
-        day = torch.arange(d)[:, None, None]
-        src_parts.append(((day * n_max + rows) * n_max + order)[keep])
-    out = []
-    if src_parts:
-        key = torch.cat(src_parts)
-        day, rest = key // (n_max * n_max), key % (n_max * n_max)
-        a, b = rest // n_max, rest % n_max
-        both = torch.cat([torch.stack([day, a, b]), torch.stack([day, b, a])], dim=1)  # undirected
-        flat = torch.unique((both[0] * n_max + both[1]) * n_max + both[2])  # sorted by (day, src, dst)
-        day, rest = flat // (n_max * n_max), flat % (n_max * n_max)
-        src, dst = rest // n_max, rest % n_max
-        attr = torch.stack([rho[day, src, dst], same[day, src, dst].to(torch.float32)], dim=1)
-        bounds = torch.searchsorted(day, torch.arange(d + 1)).tolist()
-    for i in range(d):
-        if ns[i] < 2 or not src_parts or bounds[i] == bounds[i + 1]:
-            out.append((torch.zeros((2, 0), dtype=torch.int64), torch.zeros((0, 2), dtype=torch.float32)))
-            continue
-        lo, hi = bounds[i], bounds[i + 1]
-        out.append((torch.stack([src[lo:hi], dst[lo:hi]]), attr[lo:hi]))
-    return out
+    if cfg.sector_edges and int(m_day.max()) > 0:
+        same = sid[:, :, None] == sid[:, None, :]  # (D, N, N), diagonal excluded by score -1
+        idx, keep = _top_per_row(torch.where(same, score, -1.0), m_day, 0.0)
+        keys.append(((day * n_max + src) * n_max + idx)[keep])
+    if not keys:
+        return [empty] * d
+    key = torch.cat(keys)
+    kd, rest = key // (n_max * n_max), key % (n_max * n_max)
+    a, b = rest // n_max, rest % n_max
+    flat = torch.cat([key, (kd * n_max + b) * n_max + a])  # both directions
+    flat = torch.from_numpy(np.unique(flat.numpy()))  # sorted by (day, src, dst)
+    kd, rest = flat // (n_max * n_max), flat % (n_max * n_max)
+    a, b = rest // n_max, rest % n_max
+    attr = torch.stack([rho[kd, a, b], (sid[kd, a] == sid[kd, b]).to(torch.float32)], dim=1)
+    bounds = torch.searchsorted(kd, torch.arange(d + 1)).tolist()
+    return [(torch.stack([a[lo:hi], b[lo:hi]]), attr[lo:hi]) if hi > lo else empty
+            for lo, hi in zip(bounds[:-1], bounds[1:])]

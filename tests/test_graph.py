@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from atft_core.config import GraphConfig
 from atft_core.graph import build_day_graph, window_correlation
@@ -34,6 +35,66 @@ def reference_edges(r: np.ndarray, sectors: np.ndarray, cfg: GraphConfig) -> dic
                 directed.add((i, j))
     und = directed | {(j, i) for i, j in directed}
     return {(i, j): (rho[i, j], float(sectors[i] == sectors[j] and sectors[i] >= 0)) for i, j in und}
+
+
+def _tie_broken(score: Tensor) -> Tensor:
+    """``score`` in float64 minus ``1e-15 * column``: exact ties go to the lower column index (``topk`` alone breaks ties in an
+    order that depends on the row length, i.e. on padding). Scores are float32 |rho| values, far
+    coarser than the shift, so distinct scores keep their order."""
+    cols = torch.arange(score.shape[-1], dtype=torch.float64)
+    return score.to(torch.float64) - 1e-15 * cols
+
+
+def per_day_reference(returns: Tensor, sectors: Tensor, cfg: GraphConfig) -> tuple[Tensor, Tensor]:
+    """The per-day implementation that preceded the batched one (float64 tie-broken ``topk`` +
+    ``unique``), kept as an independent reference for ``build_day_graphs``.
+
+    Args:
+        returns: (N, W) trailing daily returns ending at the day itself (inclusive), NaN = missing.
+        sectors: (N,) int64 sector id, < 0 = unknown.
+        cfg: k, min_abs_corr, sector_edges, max_sector_neighbours.
+
+    Returns:
+        edge_index (2, E) int64 and edge_attr (E, 2) float32 = [rho, same_sector].
+    """
+    n = returns.shape[0]
+    if n < 2:
+        return torch.zeros((2, 0), dtype=torch.int64), torch.zeros((0, 2), dtype=torch.float32)
+    min_obs = max(3, returns.shape[1] // 2)
+    rho = window_correlation(returns, min_obs)  # (N, N)
+    score = rho.abs()
+    eye = torch.eye(n, dtype=torch.bool)
+    src_parts, dst_parts = [], []
+
+    k = min(cfg.k, n - 1)
+    if k > 0:
+        s = score.masked_fill(eye, -1.0)
+        order = torch.topk(_tie_broken(s), k, dim=1).indices  # (N, k)
+        keep = torch.gather(s, 1, order) >= max(cfg.min_abs_corr, 1e-12)
+        rows = torch.arange(n)[:, None].expand(n, k)
+        src_parts.append(rows[keep])
+        dst_parts.append(order[keep])
+
+    same = (sectors[:, None] == sectors[None, :]) & (sectors[:, None] >= 0) & ~eye  # (N, N)
+    m = min(cfg.max_sector_neighbours, n - 1)
+    if cfg.sector_edges and m > 0 and bool(same.any()):
+        s = torch.where(same, score, torch.full_like(score, -1.0))
+        order = torch.topk(_tie_broken(s), m, dim=1).indices  # (N, m)
+        keep = torch.gather(same, 1, order)
+        rows = torch.arange(n)[:, None].expand(n, m)
+        src_parts.append(rows[keep])
+        dst_parts.append(order[keep])
+
+    if not src_parts:
+        return torch.zeros((2, 0), dtype=torch.int64), torch.zeros((0, 2), dtype=torch.float32)
+    src = torch.cat(src_parts)
+    dst = torch.cat(dst_parts)
+    a = torch.cat([src, dst])
+    b = torch.cat([dst, src])
+    key = torch.unique(a * n + b)  # sorted -> deterministic (src, dst) order
+    src, dst = key // n, key % n
+    attr = torch.stack([rho[src, dst], same[src, dst].to(torch.float32)], dim=1)
+    return torch.stack([src, dst]), attr
 
 
 def as_dict(ei: torch.Tensor, ea: torch.Tensor) -> dict[tuple[int, int], tuple[float, float]]:
@@ -139,8 +200,9 @@ def test_graph_recovers_hidden_clusters_on_synthetic_market():
 
 @pytest.mark.parametrize("k,thr,m", [(5, 0.3, 3), (10, 0.0, 10), (3, 0.6, 0)])
 def test_batched_day_graphs_equal_the_per_day_ones(k, thr, m):
-    """build_day_graphs (one padded pass over several days) == build_day_graph day by day:
-    days of different sizes and window lengths, gaps, short histories, unknown sectors, tiny days."""
+    """build_day_graphs (one padded pass over several days) == the old per-day implementation day
+    by day: days of different sizes and window lengths, gaps, short histories (sector ties at
+    rho 0), duplicated stocks (kNN ties at |rho| 1), unknown sectors, tiny days."""
     from atft_core.graph import build_day_graphs
 
     cfg = GraphConfig(k=k, min_abs_corr=thr, max_sector_neighbours=m, sector_edges=m > 0)
@@ -152,11 +214,13 @@ def test_batched_day_graphs_equal_the_per_day_ones(k, thr, m):
         r[rng.random(r.shape) < 0.05] = np.nan
         if n > 5:
             r[0, : w - 4] = np.nan  # a new listing: rho 0 to everyone
+            r[1] = r[2] = r[3]  # three identical stocks: rho 1 ties
+            r[4] = -r[3]
         s = rng.integers(-1, 4, n)
         rets.append(torch.from_numpy(r))
         secs.append(torch.from_numpy(s))
     got = build_day_graphs(rets, secs, cfg)
     for (ei, ea), r, s in zip(got, rets, secs):
-        ref_ei, ref_ea = build_day_graph(r, s, cfg)
+        ref_ei, ref_ea = per_day_reference(r, s, cfg)
         assert torch.equal(ei, ref_ei)
         torch.testing.assert_close(ea, ref_ea)
