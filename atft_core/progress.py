@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-MB = 1 << 20
+MB = 1 << 20  # the one definition (registry.storebase imports it)
 
 
 @contextlib.contextmanager

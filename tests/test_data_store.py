@@ -181,3 +181,43 @@ def test_clear_errors_missing_empty_wrong_dtype(tmp_path):
         write_store(_quotes(DATES[:2]).clear(), tmp_path / "w")
     with pytest.raises(ValueError, match="after end"):
         scan_store(tmp_path / "bad.parquet", "2019-02-01", "2019-01-01")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("call", ["list", "read", "write"])
+def test_s3_store_calls_end_at_one_total_deadline(call, monkeypatch):
+    """A hung S3 endpoint (accepts, never answers): botocore alone would wait 30 s per read x 3
+    attempts; every store call ends at the store's total deadline with one StoreError line."""
+    import time
+
+    from s3_proxy import SilentServer
+
+    srv = SilentServer()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", srv.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setenv(store_mod.DEADLINE_ENV, "1.5")
+        backend = store_mod._Backend("s3://bucket/quotes")
+        day = dt.date(2024, 1, 4)
+        act = {"list": backend.days, "read": lambda: backend.read_bytes(day),
+               "write": lambda: backend.write_bytes(day, b"x")}[call]
+        t0 = time.monotonic()
+        with pytest.raises(StoreError) as err:
+            act()
+        elapsed = time.monotonic() - t0
+    finally:
+        srv.close()
+    assert 1.4 <= elapsed < 4.0
+    msg = str(err.value)
+    assert "\n" not in msg and "1.5 s deadline" in msg and "s3://bucket/quotes" in msg
+
+
+def test_store_deadline_must_be_positive_seconds(monkeypatch):
+    monkeypatch.setenv(store_mod.DEADLINE_ENV, "soon")
+    with pytest.raises(StoreError, match="not a number"):
+        store_mod.store_deadline_s()
+    monkeypatch.setenv(store_mod.DEADLINE_ENV, "0")
+    with pytest.raises(StoreError, match="must be > 0"):
+        store_mod.store_deadline_s()

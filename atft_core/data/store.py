@@ -100,34 +100,44 @@ class _Backend:
                 out.append(dt.date.fromisoformat(m.group(1)))
         return sorted(out)
 
+    def _bounded(self, what: str, fn):
+        """``fn()`` (botocore calls) within one total deadline; any failure -> one StoreError line."""
+        from atft_core.deadline import call_with_deadline
+
+        try:
+            return call_with_deadline(fn, store_deadline_s(), name="atft-store-s3")
+        except Exception as err:  # DeadlinePassed, botocore ClientError / EndpointConnectionError
+            if getattr(err, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise
+            raise StoreError(f"cannot {what}: {_one_line(err)} ({DEADLINE_ENV} sets the deadline)") from None
+
     def _list_s3(self) -> list[str]:
         pre = f"{self.prefix}/" if self.prefix else ""
-        names = []
-        try:
-            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=pre):
-                names += [o["Key"][len(pre):] for o in page.get("Contents", [])]
-        except Exception as err:  # botocore ClientError / EndpointConnectionError
-            raise StoreError(f"cannot list store {self.root}: {_one_line(err)}") from None
-        return names
+
+        def listing() -> list[str]:
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=pre)
+            return [o["Key"][len(pre):] for page in pages for o in page.get("Contents", [])]
+
+        return self._bounded(f"list store {self.root}", listing)
 
     def read_bytes(self, day: dt.date) -> bytes | None:
         if self.is_s3:
+            def get() -> bytes:  # the body's read inside the deadline too
+                return self._s3.get_object(Bucket=self.bucket, Key=self._s3_key(day))["Body"].read()
+
             try:
-                obj = self._s3.get_object(Bucket=self.bucket, Key=self._s3_key(day))
-            except Exception as err:
-                if getattr(err, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    return None
-                raise StoreError(f"cannot read {self.root}/{self.key(day)}: {_one_line(err)}") from None
-            return obj["Body"].read()
+                return self._bounded(f"read {self.root}/{self.key(day)}", get)
+            except StoreError:
+                raise
+            except Exception:  # NoSuchKey: the day is not stored
+                return None
         f = self.path / self.key(day)
         return f.read_bytes() if f.exists() else None
 
     def write_bytes(self, day: dt.date, blob: bytes) -> Path | str:
         if self.is_s3:
-            try:
-                self._s3.put_object(Bucket=self.bucket, Key=self._s3_key(day), Body=blob)
-            except Exception as err:
-                raise StoreError(f"cannot write {self.root}/{self.key(day)}: {_one_line(err)}") from None
+            self._bounded(f"write {self.root}/{self.key(day)}",
+                          lambda: self._s3.put_object(Bucket=self.bucket, Key=self._s3_key(day), Body=blob))
             return f"{self.root.rstrip('/')}/{self.key(day)}"
         if (self.path.exists() and not self.path.is_dir()):
             raise StoreError(f"store root {self.path} exists and is not a directory")
@@ -139,6 +149,22 @@ class _Backend:
 
     def _s3_key(self, day: dt.date) -> str:
         return f"{self.prefix}/{self.key(day)}" if self.prefix else self.key(day)
+
+
+DEADLINE_ENV = "ATFT_STORE_S3_DEADLINE_S"
+
+
+def store_deadline_s() -> float:
+    """Total deadline of one S3 store call (listing with all its pages, one day's get or put),
+    retries included: ``$ATFT_STORE_S3_DEADLINE_S`` seconds, default 120."""
+    raw = os.environ.get(DEADLINE_ENV, "120")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StoreError(f"{DEADLINE_ENV}={raw!r} is not a number of seconds") from None
+    if not value > 0:
+        raise StoreError(f"{DEADLINE_ENV}={raw!r} must be > 0")
+    return value
 
 
 def _s3_client():

@@ -173,29 +173,20 @@ class S3Store:
     def _bounded(self, what: str, fn: Any, *, deadline_s: float | None = None) -> Any:
         """Run ``fn()`` (botocore calls) with a total deadline.
 
-        botocore's timeouts are per connect / per socket read and multiply with retries, and a
-        server trickling bytes never trips them; so the call runs in a daemon thread and the
-        caller stops waiting at the deadline. The abandoned thread ends at its next per-read
-        timeout (capped by the deadline) and never blocks interpreter exit."""
+        (:func:`atft_core.deadline.call_with_deadline`: botocore's own timeouts are per read and
+        multiply with retries; the abandoned thread ends at its next per-read timeout, capped by
+        the deadline.)"""
+        from atft_core.deadline import DeadlinePassed, call_with_deadline
+
         deadline = self.deadline_s if deadline_s is None else deadline_s
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                box["value"] = fn()
-            except BaseException as err:  # handed to the caller below
-                box["error"] = err
-
-        t = threading.Thread(target=target, daemon=True, name=f"atft-s3-{what.split()[0]}")
-        t.start()
-        t.join(deadline)
-        if t.is_alive():
+        try:
+            return call_with_deadline(fn, deadline, name=f"atft-s3-{what.split()[0]}")
+        except DeadlinePassed:
             raise BackendUnavailableError(
                 f"{self.uri}: {self.describe()} gave no answer to {what} within the "
-                f"{deadline:g} s deadline (registry.s3_deadline_s)")
-        if "error" in box:
-            raise self._translate(box["error"], what) from None
-        return box.get("value")
+                f"{deadline:g} s deadline (registry.s3_deadline_s)") from None
+        except Exception as err:
+            raise self._translate(err, what) from None
 
     def _translate(self, err: BaseException, what: str) -> BaseException:
         """Transport and bucket-level failures -> one BackendUnavailableError line."""
