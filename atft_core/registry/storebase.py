@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from atft_core.progress import MB  # noqa: F401 (one definition; storebase.MB is used elsewhere)
+from atft_core.progress import MB
 from atft_core.registry.names import check_name
 
 IMMUTABLE_PREFIXES = ("runs/", "aliases/history/", "signals/")  # signals: atft_core.serving
