@@ -143,51 +143,71 @@ def _per_stock(g: grid.Grid, sl: slice, out: dict[str, np.ndarray]) -> None:
     """Features along each stock's own history, for the stocks ``sl`` (written into ``out``).
 
     Cells outside a stock's span (first to last real row) are NaN, which a trailing window treats
-    exactly like rows that do not exist in the long format."""
+    exactly like rows that do not exist in the long format. Each feature goes into its ``out``
+    column as soon as it is known (a block keeps few temporaries alive: fewer page faults)."""
     present, close = g.present[:, sl], g.close[:, sl]
+    absent = ~present
+
+    def put(name: str, v: np.ndarray) -> None:
+        if name in out:
+            dst = out[name][:, sl]
+            np.copyto(dst, v)
+            np.copyto(dst, np.nan, where=absent)
+
     lc = grid.ffill(np.log(close))  # gaps carry the last price; ret after a gap spans it
-    ret = {n: np.where(present, lc - grid.shift(lc, n), np.nan) for n in RETURN_WINDOWS}
+    ret = {}
+    for n in RETURN_WINDOWS:
+        r = ret[n] = out[f"ret_{n}d"][:, sl]
+        r[:n] = np.nan
+        np.subtract(lc[n:], lc[:-n], out=r[n:])
+        np.copyto(r, np.nan, where=absent)
     r = ret[1]
     r1 = grid.Rolling(r)
-    vol = {n: np.where(present, r1.std(n), np.nan) for n in VOL_WINDOWS}
     with np.errstate(invalid="ignore", divide="ignore"):
-        f = {
-            **{f"ret_{n}d": ret[n] for n in RETURN_WINDOWS},
-            **{f"vol_{n}d": vol[n] for n in VOL_WINDOWS},
-            "mom_20_5": ret[20] - ret[5],
-            "mom_60_20": ret[60] - ret[20],
-            "rev_5d_volscaled": -ret[5] / vol[20],
-        }
+        for n in VOL_WINDOWS:
+            put(f"vol_{n}d", r1.std(n))
+        vol20 = out["vol_20d"][:, sl]
+        np.subtract(ret[20], ret[5], out=out["mom_20_5"][:, sl])
+        np.subtract(ret[60], ret[20], out=out["mom_60_20"][:, sl])
+        np.divide(np.negative(ret[5]), vol20, out=out["rev_5d_volscaled"][:, sl])
         roll_close = grid.Rolling(close)
         for n in MA_WINDOWS:
-            f[f"ma_gap_{n}"] = np.where(present, close / roll_close.mean(n) - 1, np.nan)
+            m = roll_close.mean(n)
+            np.divide(close, m, out=m)
+            m -= 1
+            put(f"ma_gap_{n}", m)
+        del roll_close
         # mean gain = (mean r + mean |r|) / 2 and gain + loss = |r|, so one more cumulative sum
-        abs_mean = grid.Rolling(np.abs(r)).mean(RSI_WINDOW)
-        lo, hi = r1.minmax(RSI_WINDOW)
-        moved = ~((lo == 0) & (hi == 0))  # exact "gain + loss > 0"
-        f[f"rsi_{RSI_WINDOW}"] = np.where(
-            present & moved, 100 * (r1.mean(RSI_WINDOW) + abs_mean) / (2 * abs_mean), np.nan
-        )
-        f["hl_range"] = np.where(present, np.log(g.high[:, sl] / g.low[:, sl]), np.nan)
+        abs_mean = grid.Rolling(np.abs(r), like=r1).mean(RSI_WINDOW)
+        rsi = r1.mean(RSI_WINDOW)
+        rsi += abs_mean
+        rsi *= 100
+        abs_mean *= 2
+        rsi /= abs_mean
+        np.copyto(rsi, np.nan, where=r1.all_zero(RSI_WINDOW))  # no move: gain + loss == 0
+        put(f"rsi_{RSI_WINDOW}", rsi)
+        del r1, rsi, abs_mean
+        hl = np.divide(g.high[:, sl], g.low[:, sl])
+        put("hl_range", np.log(hl, out=hl))
         for name, x in (("volume_z", g.volume[:, sl]), ("turnover_z", g.turnover[:, sl])):
             x = np.log1p(np.maximum(x, 0.0))
             roll = grid.Rolling(x)
-            f[name] = np.where(present, (x - roll.mean(ZSCORE_WINDOW)) / roll.std(ZSCORE_WINDOW), np.nan)
+            sd = roll.std(ZSCORE_WINDOW)
+            z = np.subtract(x, roll.mean(ZSCORE_WINDOW))
+            z /= sd
+            put(name, z)
     if any(k in out for k in ("ret_overnight_1d", "ret_intraday_1d", "ret_overnight_5d",
                               "ret_intraday_5d")):
         log_open = np.log(g.open[:, sl])
         parts = {"overnight": np.where(present, log_open - grid.shift(lc, 1), np.nan),
                  "intraday": np.where(present, np.log(close / g.open[:, sl]), np.nan)}
         for part, x in parts.items():
-            f[f"ret_{part}_1d"] = x
-            f[f"ret_{part}_5d"] = np.where(np.isnan(ret[5]), np.nan, grid.Rolling(x).sum(5, 1))
+            put(f"ret_{part}_1d", x)
+            put(f"ret_{part}_5d", np.where(np.isnan(ret[5]), np.nan, grid.Rolling(x).sum(5, 1)))
     if "turnover_ratio_5_60" in out:
         tv = grid.Rolling(np.maximum(g.turnover[:, sl], 0.0))
         with np.errstate(invalid="ignore", divide="ignore"):
-            f["turnover_ratio_5_60"] = np.where(present, np.log(tv.mean(5) / tv.mean(60)), np.nan)
-    for k, v in f.items():
-        if k in out:
-            out[k][:, sl] = v
+            put("turnover_ratio_5_60", np.log(tv.mean(5) / tv.mean(60)))
 
 
 def _relative(g: grid.Grid, rows: slice, out: dict[str, np.ndarray], mkt: dict[int, np.ndarray]) -> None:
@@ -219,9 +239,10 @@ def _beta(g: grid.Grid, sl: slice, out: dict[str, np.ndarray], mkt1: np.ndarray)
     r = out["ret_1d"][:, sl]
     m = np.where(np.isnan(r), np.nan, mkt1[:, None])
     w, ms = BETA_WINDOW, 20
-    mr, mm = grid.Rolling(r).mean(w, ms), grid.Rolling(m).mean(w, ms)
-    cov = grid.Rolling(r * m).mean(w, ms) - mr * mm
-    var = grid.Rolling(m * m).mean(w, ms) - mm * mm
+    roll_r = grid.Rolling(r)  # r, m, r*m and m*m miss the same cells: one set of counts
+    mr, mm = roll_r.mean(w, ms), grid.Rolling(m, like=roll_r).mean(w, ms)
+    cov = grid.Rolling(r * m, like=roll_r).mean(w, ms) - mr * mm
+    var = grid.Rolling(m * m, like=roll_r).mean(w, ms) - mm * mm
     with np.errstate(invalid="ignore", divide="ignore"):
         out[f"beta_{BETA_WINDOW}d"][:, sl] = np.where(g.present[:, sl] & (var > 1e-12), cov / var, np.nan)
 

@@ -128,27 +128,49 @@ def min_samples(window: int) -> int:
 
 class Rolling:
     """Trailing-window moments of one (T, S) series with NaN = missing (pandas/polars semantics:
-    the window is n rows, a statistic needs ``min_periods`` non-missing values in it)."""
+    the window is n rows, a statistic needs ``min_periods`` non-missing values in it).
 
-    def __init__(self, x: np.ndarray):
+    ``like``: a Rolling over a series with the same missing cells; its counts (and the index of
+    each stock's first value) are shared instead of recomputed."""
+
+    def __init__(self, x: np.ndarray, like: Rolling | None = None):
         self.x = x
-        self.ok = ~np.isnan(x)
-        first = np.argmax(self.ok, axis=0)
-        base = x[first, np.arange(x.shape[1])]
+        if like is None:
+            self.missing = np.isnan(x)
+            self.ok = ~self.missing
+            self.first = np.argmax(self.ok, axis=0)
+            self.cnt = np.cumsum(self.ok, axis=0, dtype=np.int32)
+            self._counts: dict[int, np.ndarray] = {}
+        else:
+            self.missing, self.ok, self.first = like.missing, like.ok, like.first
+            self.cnt, self._counts = like.cnt, like._counts
+        base = x[self.first, np.arange(x.shape[1])]
         self.base = np.where(np.isnan(base), 0.0, base)  # the stock's first value (point in time)
-        self.xc = np.where(self.ok, x - self.base, 0.0)
-        self.cs = np.cumsum(self.xc, axis=0)
-        self.cnt = np.cumsum(self.ok, axis=0, dtype=np.int32)
+        xc = np.subtract(x, self.base)
+        np.copyto(xc, 0.0, where=self.missing)
+        self.xc = xc
+        self.cs = np.cumsum(xc, axis=0)
+        self._sums: dict[int, np.ndarray] = {}
         self._cs2 = None
-        self._levels: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._filled = None
+        self._last_change = None
 
     def count(self, n: int) -> np.ndarray:
-        return _window_diff(self.cnt, n)
+        if n not in self._counts:
+            self._counts[n] = _window_diff(self.cnt, n)
+        return self._counts[n]
+
+    def _sum_c(self, n: int) -> np.ndarray:
+        """Window sum of the values centred on the stock's first value."""
+        if n not in self._sums:
+            self._sums[n] = _window_diff(self.cs, n)
+        return self._sums[n]
 
     def mean(self, n: int, minp: int | None = None) -> np.ndarray:
         k = self.count(n)
         with np.errstate(invalid="ignore", divide="ignore"):
-            m = _window_diff(self.cs, n) / k + self.base
+            m = np.divide(self._sum_c(n), k)
+        m += self.base
         m[k < (minp or min_samples(n))] = NAN
         return m
 
@@ -160,44 +182,47 @@ class Rolling:
 
     def std(self, n: int, minp: int | None = None) -> np.ndarray:
         if self._cs2 is None:
-            self._cs2 = np.cumsum(self.xc * self.xc, axis=0)
+            self._cs2 = np.cumsum(np.multiply(self.xc, self.xc), axis=0)
         k = self.count(n).astype(np.float64)
-        s1 = _window_diff(self.cs, n)
+        s1 = self._sum_c(n)
         with np.errstate(invalid="ignore", divide="ignore"):
-            var = (_window_diff(self._cs2, n) - s1 * s1 / k) / (k - 1)
+            var = s1 * s1
+            var /= k
+            np.subtract(_window_diff(self._cs2, n), var, out=var)
+            var /= k - 1
         np.maximum(var, 0.0, out=var)
-        lo, hi = self.minmax(n)
-        var[lo == hi] = 0.0  # all values equal: exactly 0, as pandas
-        out = np.sqrt(var)
+        var[self.constant(n)] = 0.0  # all values equal: exactly 0, as pandas
+        out = np.sqrt(var, out=var)
         out[k < (minp or min_samples(n))] = NAN
         return out
 
-    def _level(self, w: int) -> tuple[np.ndarray, np.ndarray]:
-        """Running (min, max) over windows of w = 2**j rows (NaN ignored)."""
-        if w not in self._levels:
-            if w == 1:
-                self._levels[1] = (self.x, self.x)
-            else:
-                lo, hi = self._level(w // 2)
-                h = w // 2
-                lo2, hi2 = lo.copy(), hi.copy()
-                np.fmin(lo2[h:], lo[:-h], out=lo2[h:])
-                np.fmax(hi2[h:], hi[:-h], out=hi2[h:])
-                self._levels[w] = (lo2, hi2)
-        return self._levels[w]
+    def constant(self, n: int) -> np.ndarray:
+        """True where every non-missing value in the trailing window of n rows is the same.
 
-    def minmax(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Trailing-window min and max over n rows (NaN where the window has no value):
-        [t-n+1, t] is the union of the power-of-two windows ending at t and at t-(n-w)."""
-        w = 1 << (n.bit_length() - 1)
-        lo, hi = self._level(w)
-        r = n - w
-        if r == 0:
-            return lo, hi
-        lo2, hi2 = lo.copy(), hi.copy()
-        np.fmin(lo[r:], lo[:-r], out=lo2[r:])
-        np.fmax(hi[r:], hi[:-r], out=hi2[r:])
-        return lo2, hi2
+        pandas' test (a run of equal consecutive values as long as the window's count): the
+        values in the window are the stock's non-missing values number cnt[t-n] .. cnt[t]-1, so
+        they are all equal when the last change of value came at or before number cnt[t-n]."""
+        if self._last_change is None:
+            x, ok = self.x, self.ok
+            prev = self.filled()
+            change = ok.copy()
+            with np.errstate(invalid="ignore"):
+                change[1:] &= x[1:] != prev[:-1]  # no earlier value (NaN) counts as a change
+            last = np.where(change, self.cnt - 1, np.int32(-1))  # values before the change
+            np.maximum.accumulate(last, axis=0, out=last)
+            self._last_change = last
+        return self._last_change <= self.cnt - self.count(n)
+
+    def filled(self) -> np.ndarray:
+        """The last non-missing value at or before t (NaN before the first)."""
+        if self._filled is None:
+            self._filled = ffill(self.x)
+        return self._filled
+
+    def all_zero(self, n: int) -> np.ndarray:
+        """True where the window's non-missing values are all exactly 0 (undefined where the
+        window has none: every statistic is null there)."""
+        return self.constant(n) & (self.filled() == 0)
 
 
 # --------------------------------------------------------------------------- cross-section
@@ -231,10 +256,11 @@ def _row_median(w: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Per-row median of a padded row (see :func:`robust_z`) with n real values; NaN if n == 0.
 
     The median's two candidates sit at positions W/2-1 and W/2 whatever n is, so one
-    ``np.partition`` at W/2 serves every row; the lower one is the maximum left of it."""
+    partition at W/2 serves every row; the lower one is the maximum left of it. ``w`` is
+    partitioned in place (a scratch copy of the pads)."""
     hi = w.shape[1] // 2
-    p = np.partition(w, hi, axis=1)
-    upper, lower = p[:, hi], p[:, :hi].max(axis=1)
+    w.partition(hi, axis=1)
+    upper, lower = w[:, hi], w[:, :hi].max(axis=1)
     with np.errstate(invalid="ignore"):  # n == 0: -inf + inf, replaced below
         med = np.where(n % 2 == 0, (lower.astype(np.float64) + upper) / 2, lower)
     med[n == 0] = NAN
@@ -250,44 +276,68 @@ def day_std(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
         return np.where(n > 1, np.sqrt(row_sum(d * d, ok) / (n - 1)), NAN)
 
 
+class _Pads:
+    """The padding of :func:`robust_z` for one mask of usable cells (rows, S): the k cells of a
+    row that do not enter the statistics hold floor(k/2) times -inf and the rest +inf (the row
+    padded to an even width W), which puts every row's median at positions W/2-1 and W/2 whatever
+    its count. Many features share a mask on a day block, so the pads are built once per mask."""
+
+    def __init__(self, ok: np.ndarray):
+        rows, S = ok.shape
+        W = S + (S % 2)
+        self.n = ok.sum(axis=1)
+        neg = np.cumsum(~ok, axis=1, dtype=np.int32) <= ((W - self.n) // 2)[:, None]
+        self.f64 = np.full((rows, W), np.inf)  # a padding column is +inf: its rank is the row's last
+        np.copyto(self.f64[:, :S], -np.inf, where=neg)
+        self.f32 = self.f64.astype(np.float32)
+
+
 def robust_z(x: np.ndarray, present: np.ndarray, usable: np.ndarray, clip: float,
-             mad_scale: float, eps: float, out: np.ndarray) -> None:
+             mad_scale: float, eps: float, out: np.ndarray,
+             pads: dict[bytes, _Pads] | None = None, cells: np.ndarray | None = None) -> None:
     """Per-day robust z of one (rows, S) feature block, written for the present cells (row-major)
     into the float32 ``out``; non-finite inputs are null (NaN).
 
-    Median and MAD per row come from one ``np.partition`` each: the k cells of a row that do not
-    enter the statistics hold floor(k/2) times -inf and the rest +inf (the row padded to an even
-    width W), which puts every row's median at positions W/2-1 and W/2 whatever its count. The
-    median is exact (float64); the MAD is selected among float32 deviations, which changes the
-    scale by at most one float32 rounding (the output is float32)."""
+    Median and MAD per row come from one ``np.partition`` each over the row padded by
+    :class:`_Pads` (``pads`` caches them by mask over the calls of one block; ``cells``: the flat
+    indices of ``present``). The median is exact (float64); the MAD is selected among float32
+    deviations, which changes the scale by at most one float32 rounding (the output is float32)."""
     rows, S = x.shape
-    W = S + (S % 2)
     valid = present & np.isfinite(x)
     ok = valid & usable
-    n = ok.sum(axis=1)
-    neg = np.cumsum(~ok, axis=1, dtype=np.int32) <= ((W - n) // 2)[:, None]
-    w = np.full((rows, W), np.inf)  # a padding column is +inf: its rank is the row's last
-    np.copyto(w[:, :S], -np.inf, where=neg)
+    key = np.packbits(ok).tobytes()
+    pad = pads.get(key) if pads is not None else None
+    if pad is None:
+        pad = _Pads(ok)
+        if pads is not None:
+            pads[key] = pad
+    n = pad.n
+    w = pad.f64.copy()
     np.copyto(w[:, :S], x, where=ok)
     med = _row_median(w, n)
-    tmp = np.empty((rows, S))
+    del w
+    dev = np.empty((rows, S))
     with np.errstate(invalid="ignore"):
-        np.abs(np.subtract(x, med[:, None], out=tmp), out=tmp)
-    w32 = np.full((rows, W), np.inf, np.float32)
-    np.copyto(w32[:, :S], -np.inf, where=neg)
-    np.copyto(w32[:, :S], tmp, where=ok, casting="same_kind")
+        np.subtract(x, med[:, None], out=dev)
+    w32 = pad.f32.copy()
+    np.abs(dev, out=w32[:, :S], where=ok, casting="same_kind")
     mad = _row_median(w32, n) * mad_scale
+    del w32
     scale = np.where(mad > eps, mad, NAN)
     need = ~(mad > eps)
     if need.any():  # the MAD is ~0 on these days: the day's std is the scale (if it is not ~0)
         sd = day_std(x[need], ok[need])
         scale[need] = np.where(sd > eps, sd, NAN)
+    z = np.empty((rows, S), np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
-        np.divide(np.subtract(x, med[:, None], out=tmp), scale[:, None], out=tmp)
-    np.clip(tmp, -clip, clip, out=tmp)
-    tmp[np.isnan(scale)] = 0.0  # no spread that day: every stock sits at the median
-    tmp[~valid] = NAN
-    out[:] = tmp[present]
+        np.divide(dev, scale[:, None], out=dev)
+    np.clip(dev, -clip, clip, out=z, casting="same_kind")
+    z[np.isnan(scale)] = 0.0  # no spread that day: every stock sits at the median
+    np.copyto(z, NAN, where=~valid)
+    if cells is None:
+        out[:] = z[present]
+    else:
+        np.take(z.reshape(-1), cells, out=out)
 
 
 def robust_z_all(raw: dict[str, np.ndarray], present: np.ndarray, usable: np.ndarray, clip: float,
@@ -298,8 +348,10 @@ def robust_z_all(raw: dict[str, np.ndarray], present: np.ndarray, usable: np.nda
 
     def block(rows: slice) -> None:
         p, u, cells = present[rows], usable[rows], slice(start[rows.start], start[rows.stop])
+        flat = np.flatnonzero(p)
+        pads: dict[bytes, _Pads] = {}
         for f, x in raw.items():
-            robust_z(x[rows], p, u, clip, mad_scale, eps, out[f][cells])
+            robust_z(x[rows], p, u, clip, mad_scale, eps, out[f][cells], pads, flat)
 
     by_day(block, *present.shape)
     return out
