@@ -57,7 +57,9 @@ def load_grid(clean: pl.DataFrame, dates: pl.Series, with_open: bool = True) -> 
     codes = clean["Code"].unique().sort()
     T, S = len(dates), len(codes)
     t = dates.search_sorted(clean["Date"]).to_numpy().astype(np.int64)
-    s = codes.search_sorted(clean["Code"]).to_numpy().astype(np.int64)
+    code_col = clean["Code"]
+    s = (codes.search_sorted(code_col) if codes.null_count() else _positions(codes, code_col))
+    s = s.to_numpy().astype(np.int64)
     flat = t * S + s
     present = np.zeros(T * S, bool)
     present[flat] = True
@@ -71,8 +73,7 @@ def load_grid(clean: pl.DataFrame, dates: pl.Series, with_open: bool = True) -> 
     sec_col = clean["Sector33Code"]
     sectors = sec_col.drop_nulls().unique().sort()
     sec = np.full(T * S, -1, np.int32)
-    has = sec_col.is_not_null().to_numpy()
-    sec[flat[has]] = sectors.search_sorted(sec_col.filter(sec_col.is_not_null())).to_numpy()
+    sec[flat] = _positions(sectors, sec_col).cast(pl.Int32).fill_null(-1).to_numpy()
     sec = sec.reshape(T, S)
     # forward fill only: a sector learnt later must not leak backwards (null -> market)
     idx = _ffill_index(sec >= 0)
@@ -86,6 +87,15 @@ def load_grid(clean: pl.DataFrame, dates: pl.Series, with_open: bool = True) -> 
     )
 
 
+def _positions(categories: pl.Series, values: pl.Series) -> pl.Series:
+    """Index of each string of ``values`` in ``categories`` (sorted, distinct, no null; a null
+    value stays null).
+
+    A cast to an Enum of the categories is a hash lookup per row; ``search_sorted`` on strings
+    (a binary search of string compares) took a third of the grid load."""
+    return values.cast(pl.Enum(categories)).to_physical()
+
+
 # --------------------------------------------------------------------------- time-axis helpers
 def _ffill_index(valid: np.ndarray) -> np.ndarray:
     """(T, S) row index of the last valid row <= t per column, -1 where none yet."""
@@ -95,9 +105,16 @@ def _ffill_index(valid: np.ndarray) -> np.ndarray:
 
 
 def ffill(x: np.ndarray) -> np.ndarray:
-    idx = _ffill_index(~np.isnan(x))
-    out = x[np.maximum(idx, 0), np.arange(x.shape[1])]
-    out[idx < 0] = NAN
+    """The last non-NaN value at or before t per column (NaN before the first)."""
+    x = np.ascontiguousarray(x)
+    T, S = x.shape
+    itype = np.int32 if T * S < 2**31 else np.int64
+    # flat index of the cell itself where valid: increasing down a column, so a running max
+    # along time is the last valid cell, and one ``take`` gathers it (cheaper than 2-D indexing)
+    idx = np.where(np.isnan(x), itype(-1), np.arange(T * S, dtype=itype).reshape(T, S))
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    out = np.take(x.reshape(-1), idx, mode="clip")
+    np.copyto(out, NAN, where=idx < 0)
     return out
 
 

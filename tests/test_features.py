@@ -97,6 +97,40 @@ def test_polars_equals_pandas_reference(quotes):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=c)
 
 
+def test_flat_prices_and_volumes_match_pandas(quotes):
+    """Windows where every value is the same (a suspended-looking flat close, a constant volume,
+    gaps inside the flat stretch, a price step across a gap): the std is exactly 0 as in pandas,
+    so rsi / volume_z are null and vol_*d is 0 there, not round-off noise."""
+    dates = sorted(quotes["Date"].unique().to_list())
+    d = pl.col("Date")
+    flat = (d >= dates[30]) & (d <= dates[75])
+    step = (d >= dates[80]) & (d <= dates[120])
+    q = quotes.with_columns(
+        pl.when((pl.col("Code") == "1303") & flat).then(50.0)
+        .when((pl.col("Code") == "1306") & step).then(pl.when(d <= dates[89]).then(40.0).otherwise(41.0))
+        .otherwise(pl.col("Close")).alias("Close"),
+        pl.when(pl.col("Code").is_in(["1304", "1306"]) & flat).then(1e5)
+        .otherwise(pl.col("Volume")).alias("Volume"),
+    ).with_columns(pl.max_horizontal("High", "Close").alias("High"),
+                   pl.min_horizontal("Low", "Close").alias("Low"))
+    gaps = pl.col("Code").is_in(["1303", "1306"]) & d.is_in([dates[50], dates[51], dates[90]])
+    q = q.filter(~gaps)
+    a = build_features(q, CFG)
+    b = pl.from_pandas(build_features_pandas(q, CFG))
+    for c in [*FEATURE_COLUMNS, "ret_1d_raw"]:
+        x = a[c].cast(pl.Float64).to_numpy()
+        y = b[c].cast(pl.Float64).to_numpy()
+        assert np.array_equal(np.isnan(x), np.isnan(y)), f"{c}: null pattern differs"
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5, equal_nan=True, err_msg=c)
+    mid = a.filter((pl.col("Code") == "1303") & (pl.col("Date") == dates[70]))
+    assert mid["rsi_14"].is_null().all() and mid["ret_1d_raw"].to_list() == [0.0]
+    vol_flat = a.filter(pl.col("Date") == dates[70])
+    assert vol_flat.filter(pl.col("Code").is_in(["1304", "1306"]))["volume_z"].is_null().all()
+    # after the step across the gap the 14-day window holds a move: rsi is defined
+    after = a.filter((pl.col("Code") == "1306") & (pl.col("Date") == dates[95]))
+    assert after["rsi_14"].is_not_null().all()
+
+
 def test_robust_z_equals_numpy_reference(quotes, feats):
     """ret_5d and vol_20d recomputed with numpy loops over a dense close matrix."""
     dates = sorted(quotes["Date"].unique().to_list())
