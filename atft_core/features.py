@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 import polars as pl
@@ -166,10 +167,6 @@ def _per_stock(g: grid.Grid, sl: slice, out: dict[str, np.ndarray]) -> None:
     with np.errstate(invalid="ignore", divide="ignore"):
         for n in VOL_WINDOWS:
             put(f"vol_{n}d", r1.std(n))
-        vol20 = out["vol_20d"][:, sl]
-        np.subtract(ret[20], ret[5], out=out["mom_20_5"][:, sl])
-        np.subtract(ret[60], ret[20], out=out["mom_60_20"][:, sl])
-        np.divide(np.negative(ret[5]), vol20, out=out["rev_5d_volscaled"][:, sl])
         roll_close = grid.Rolling(close)
         for n in MA_WINDOWS:
             m = roll_close.mean(n)
@@ -210,27 +207,44 @@ def _per_stock(g: grid.Grid, sl: slice, out: dict[str, np.ndarray]) -> None:
             put("turnover_ratio_5_60", np.log(tv.mean(5) / tv.mean(60)))
 
 
-def _relative(g: grid.Grid, rows: slice, out: dict[str, np.ndarray], mkt: dict[int, np.ndarray]) -> None:
-    """Same-day sector-relative returns for the days ``rows``; the market means of ret_{n}d."""
-    present, sector = g.present[rows], g.sector[rows]
-    for n in sorted({*RELATIVE_WINDOWS, *RESID_WINDOWS}):
+def _market(g: grid.Grid, rows: slice, out: dict[str, np.ndarray], mkt: dict[int, np.ndarray]) -> None:
+    """The same-day equal-weight means of ret_{n}d (``mkt``'s windows) for the days ``rows``."""
+    for n, m in mkt.items():
         r = out[f"ret_{n}d"][rows]
-        ok = present & ~np.isnan(r)
-        if n in RELATIVE_WINDOWS:
-            out[f"rel_sec_{n}d"][rows] = r - grid.peer_mean(r, ok, sector, len(g.sectors))
-        if n == 1 or f"resid_ret_{n}d" in out:
-            mkt[n][rows] = grid.day_mean(r, ok)
+        m[rows] = grid.day_mean(r, g.present[rows] & ~np.isnan(r))
 
 
-def _residual(g: grid.Grid, rows: slice, out: dict[str, np.ndarray], mkt: dict[int, np.ndarray]) -> None:
-    """resid_ret_{n}d (see EXTRA_FEATURES) for the days ``rows``, where requested."""
-    present, sector = g.present[rows], g.sector[rows]
-    beta = out[f"beta_{BETA_WINDOW}d"][rows]
-    for n in RESID_WINDOWS:
-        if f"resid_ret_{n}d" in out:
-            e = out[f"ret_{n}d"][rows] - beta * mkt[n][rows, None]
-            ok = present & ~np.isnan(e)
-            out[f"resid_ret_{n}d"][rows] = e - grid.peer_mean(e, ok, sector, len(g.sectors))
+def _same_day(g: grid.Grid, out: dict[str, np.ndarray], mkt: dict[int, np.ndarray],
+              columns: tuple[str, ...]) -> dict[str, Callable[[slice], np.ndarray]]:
+    """The columns that are a same-day function of stored ones, as functions of a day block:
+    the per-day z computes them block by block, so they never take a (T, S) array of their own
+    (memory the build would have to fault in, and a pass to store and reload)."""
+    n_sec = len(g.sectors)
+
+    def minus_peers(x: np.ndarray, rows: slice) -> np.ndarray:
+        return x - grid.peer_mean(x, g.present[rows] & ~np.isnan(x), g.sector[rows], n_sec)
+
+    def rel_sec(n: int):
+        return lambda rows: minus_peers(out[f"ret_{n}d"][rows], rows)
+
+    def resid(n: int):
+        def f(rows: slice) -> np.ndarray:
+            beta = out[f"beta_{BETA_WINDOW}d"][rows]
+            return minus_peers(out[f"ret_{n}d"][rows] - beta * mkt[n][rows, None], rows)
+        return f
+
+    def rev_5d_volscaled(rows: slice) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.divide(np.negative(out["ret_5d"][rows]), out["vol_20d"][rows])
+
+    fns = {
+        "mom_20_5": lambda rows: out["ret_20d"][rows] - out["ret_5d"][rows],
+        "mom_60_20": lambda rows: out["ret_60d"][rows] - out["ret_20d"][rows],
+        "rev_5d_volscaled": rev_5d_volscaled,
+        **{f"rel_sec_{n}d": rel_sec(n) for n in RELATIVE_WINDOWS},
+        **{f"resid_ret_{n}d": resid(n) for n in RESID_WINDOWS},
+    }
+    return {c: fns[c] for c in columns if c in fns}
 
 
 def _beta(g: grid.Grid, sl: slice, out: dict[str, np.ndarray], mkt1: np.ndarray) -> None:
@@ -247,18 +261,20 @@ def _beta(g: grid.Grid, sl: slice, out: dict[str, np.ndarray], mkt1: np.ndarray)
         out[f"beta_{BETA_WINDOW}d"][:, sl] = np.where(g.present[:, sl] & (var > 1e-12), cov / var, np.nan)
 
 
-def _raw_features(g: grid.Grid, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The un-normalised ``columns`` on the (T, S) grid (NaN = null), computed block by block:
-    stock blocks for the time-series steps, day blocks for the cross-sectional ones."""
+def _raw_features(g: grid.Grid, columns: tuple[str, ...]) -> dict[str, np.ndarray | Callable]:
+    """The un-normalised ``columns`` (NaN = null): a (T, S) grid array each, computed block by
+    block (stock blocks for the time-series steps, day blocks for the market means), or for the
+    same-day combinations of those a function of a day block (:func:`_same_day`)."""
     T, S = g.present.shape
-    out = {f: np.empty((T, S)) for f in columns}
+    out: dict[str, np.ndarray] = {}
+    mkt: dict[int, np.ndarray] = {}
+    derived = _same_day(g, out, mkt, columns)  # reads out / mkt once they are filled below
+    out.update({f: np.empty((T, S)) for f in columns if f not in derived})
     grid.by_stock(lambda sl: _per_stock(g, sl, out), T, S)
-    mkt = {n: np.empty(T) for n in {*RELATIVE_WINDOWS, *RESID_WINDOWS}}
-    grid.by_day(lambda rows: _relative(g, rows, out, mkt), T, S)
+    mkt.update({n: np.empty(T) for n in sorted({1} | {n for n in RESID_WINDOWS if f"resid_ret_{n}d" in columns})})
+    grid.by_day(lambda rows: _market(g, rows, out, mkt), T, S)
     grid.by_stock(lambda sl: _beta(g, sl, out, mkt[1]), T, S)
-    if any(c.startswith("resid_ret_") for c in columns):
-        grid.by_day(lambda rows: _residual(g, rows, out, mkt), T, S)
-    return out
+    return {f: derived[f] if f in derived else out[f] for f in columns}
 
 
 def build_features(

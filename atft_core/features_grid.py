@@ -26,6 +26,7 @@ features for the past when later rows change or are cut off):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -357,9 +358,10 @@ def robust_z(x: np.ndarray, present: np.ndarray, usable: np.ndarray, clip: float
         np.take(z.reshape(-1), cells, out=out)
 
 
-def robust_z_all(raw: dict[str, np.ndarray], present: np.ndarray, usable: np.ndarray, clip: float,
-                 mad_scale: float, eps: float) -> dict[str, np.ndarray]:
-    """:func:`robust_z` of every column, day block by day block -> present cells, row-major."""
+def robust_z_all(raw: dict[str, np.ndarray | Callable[[slice], np.ndarray]], present: np.ndarray,
+                 usable: np.ndarray, clip: float, mad_scale: float, eps: float) -> dict[str, np.ndarray]:
+    """:func:`robust_z` of every column, day block by day block -> present cells, row-major.
+    A column is a (T, S) array or a function giving its rows for a day block."""
     start = np.concatenate([[0], np.cumsum(present.sum(axis=1))])
     out = {f: np.empty(start[-1], np.float32) for f in raw}
 
@@ -368,7 +370,8 @@ def robust_z_all(raw: dict[str, np.ndarray], present: np.ndarray, usable: np.nda
         flat = np.flatnonzero(p)
         pads: dict[bytes, _Pads] = {}
         for f, x in raw.items():
-            robust_z(x[rows], p, u, clip, mad_scale, eps, out[f][cells], pads, flat)
+            x = x(rows) if callable(x) else x[rows]
+            robust_z(x, p, u, clip, mad_scale, eps, out[f][cells], pads, flat)
 
     by_day(block, *present.shape)
     return out
