@@ -314,10 +314,11 @@ def build_features(
                           MAD_SCALE, SCALE_EPS)
     del raw
     log.info("features: per-day robust z at %.1fs", time.perf_counter() - t0)
-    entry = grid.shift(g.close, -1)  # raw: null on gaps / masked rows / beyond the span
+    cells = np.flatnonzero(present)  # row-major: sorted by (Date, Code)
+    entry = grid.lead(g.close, cells, 1)  # raw: null on gaps / masked rows / beyond the span
     with np.errstate(invalid="ignore", divide="ignore"):
-        ys = {f"y_{h}d": (grid.shift(g.close, -(1 + h)) / entry - 1)[present] for h in fc.horizons}
-    t_idx, s_idx = np.nonzero(present)  # row-major: sorted by (Date, Code)
+        ys = {f"y_{h}d": grid.lead(g.close, cells, 1 + h) / entry - 1 for h in fc.horizons}
+    t_idx, s_idx = np.divmod(cells, present.shape[1])
     sec = g.sector[present]
     sector = (
         g.sectors.gather(np.maximum(sec, 0)).scatter(np.flatnonzero(sec < 0), None)

@@ -131,6 +131,14 @@ def shift(x: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def lead(x: np.ndarray, cells: np.ndarray, n: int) -> np.ndarray:
+    """``shift(x, -n)`` at the flat (row-major) indices ``cells`` only: NaN beyond the grid."""
+    T, S = x.shape
+    out = np.take(x.reshape(-1), cells + n * S, mode="clip")
+    out[cells >= (T - n) * S] = NAN
+    return out
+
+
 def _window_diff(cs: np.ndarray, n: int) -> np.ndarray:
     """Sum over the trailing window of n rows from a cumulative sum along time."""
     out = np.empty_like(cs)
