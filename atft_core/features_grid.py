@@ -3,9 +3,11 @@
 Why a dense grid and not polars ``.over("Code")`` windows: the long-format version spent most of
 its time on joins (dense grid, market / sector means, per-day median joins), on a dozen
 ``over()`` passes and on the final ``sort("Date", "Code")`` (issue 15 item 6: 10.4 s vs pandas
-23.9 s on 1,000 x 2,500). On a (T days, S stocks) C-ordered array a shift is a row slice, a
-per-stock rolling window is a difference of two cumulative-sum rows, a cross-sectional statistic
-is a row reduction, and the real stock-days in row-major order are already sorted by (Date, Code).
+23.9 s on 1,000 x 2,500; this grid: 1.6-1.9 s vs pandas 22-24 s, 12.8-13.6x, and 9.2 s for
+4,000 x 2,500, ``atft bench features`` on 2 shared cores). On a (T days, S stocks) C-ordered
+array a shift is a row slice, a per-stock rolling window is a difference of two cumulative-sum
+rows, a cross-sectional statistic is a row reduction, and the real stock-days in row-major order
+are already sorted by (Date, Code).
 The semantics are those documented in :mod:`atft_core.features`; the pandas reference there is the
 independent check.
 
@@ -18,9 +20,15 @@ features for the past when later rows change or are cut off):
   blocking with S).
 * Rolling sums are ``cumsum[t] - cumsum[t-n]`` of values centred on the stock's *first* value
   (point in time; keeps the cumulative sums small, so the difference loses no digits).
-* A window whose values are all equal has a standard deviation of exactly 0 (rolling max == min),
-  as in pandas, so ``x / std`` is inf -> null instead of noise / 1e-17; RSI's "no move in the
-  window" is an integer count of non-zero returns.
+* A window whose values are all equal has a standard deviation of exactly 0, as in pandas, so
+  ``x / std`` is inf -> null instead of noise / 1e-17. The test is pandas' own (the run of equal
+  consecutive values is as long as the window's count), done with integer counts of value
+  changes (:meth:`Rolling.constant`); RSI's "no move in the window" is a constant window of 0.
+
+Speed notes: a (T, S) float64 array is 20 MB per 1,000 stocks, and memory the build touches for
+the first time costs system time (page faults), so a block writes each feature into its column
+as soon as it is known, and the same-day combinations of stored columns (momentum, sector
+relative, residual returns) are computed inside the per-day z instead of stored.
 """
 
 from __future__ import annotations
