@@ -324,6 +324,8 @@ class _Pads:
         self.f64 = np.full((rows, W), np.inf)  # a padding column is +inf: its rank is the row's last
         np.copyto(self.f64[:, :S], -np.inf, where=neg)
         self.f32 = self.f64.astype(np.float32)
+        self.off = np.ones((rows, W), bool)  # the cells that hold a pad
+        np.logical_not(ok, out=self.off[:, :S])
 
 
 def robust_z(x: np.ndarray, present: np.ndarray, usable: np.ndarray, clip: float,
@@ -353,8 +355,10 @@ def robust_z(x: np.ndarray, present: np.ndarray, usable: np.ndarray, clip: float
     dev = np.empty((rows, S))
     with np.errstate(invalid="ignore"):
         np.subtract(x, med[:, None], out=dev)
-    w32 = pad.f32.copy()
-    np.abs(dev, out=w32[:, :S], where=ok, casting="same_kind")
+    # |dev| into every cell, then the pads over it: a masked ufunc that casts is ~3x slower
+    w32 = np.empty(pad.f32.shape, np.float32)
+    np.abs(dev, out=w32[:, :S], casting="same_kind")
+    np.copyto(w32, pad.f32, where=pad.off)
     mad = _row_median(w32, n) * mad_scale
     del w32
     scale = np.where(mad > eps, mad, NAN)
