@@ -3,11 +3,12 @@
 Why a dense grid and not polars ``.over("Code")`` windows: the long-format version spent most of
 its time on joins (dense grid, market / sector means, per-day median joins), on a dozen
 ``over()`` passes and on the final ``sort("Date", "Code")`` (issue 15 item 6: 10.4 s vs pandas
-23.9 s on 1,000 x 2,500; this grid: 1.6-1.9 s vs pandas 22-24 s, 12.8-13.6x, and 9.2 s for
-4,000 x 2,500, ``atft bench features`` on 2 shared cores). On a (T days, S stocks) C-ordered
-array a shift is a row slice, a per-stock rolling window is a difference of two cumulative-sum
-rows, a cross-sectional statistic is a row reduction, and the real stock-days in row-major order
-are already sorted by (Date, Code).
+23.9 s on 1,000 x 2,500; this grid: 1.6-1.9 s vs pandas 22-24 s, 12.8-13.8x wall, 8.4-9.0x
+CPU seconds, and 7.9-9.2 s for 4,000 x 2,500; ``atft bench features`` on 2 cores shared with
+another job, which stretches the 2-thread grid more than single-threaded pandas). On a (T days,
+S stocks) C-ordered array a shift is a row slice, a per-stock rolling window is a difference of
+two cumulative-sum rows, a cross-sectional statistic is a row reduction, and the real stock-days
+in row-major order are already sorted by (Date, Code).
 The semantics are those documented in :mod:`atft_core.features`; the pandas reference there is the
 independent check.
 
