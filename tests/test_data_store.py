@@ -198,8 +198,7 @@ def test_s3_store_calls_end_at_one_total_deadline(call, monkeypatch):
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
         monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        monkeypatch.setenv(store_mod.DEADLINE_ENV, "1.5")
-        backend = store_mod._Backend("s3://bucket/quotes")
+        backend = store_mod._Backend("s3://bucket/quotes", deadline_s=1.5)
         day = dt.date(2024, 1, 4)
         act = {"list": backend.days, "read": lambda: backend.read_bytes(day),
                "write": lambda: backend.write_bytes(day, b"x")}[call]
@@ -213,11 +212,3 @@ def test_s3_store_calls_end_at_one_total_deadline(call, monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg and "1.5 s deadline" in msg and "s3://bucket/quotes" in msg
 
-
-def test_store_deadline_must_be_positive_seconds(monkeypatch):
-    monkeypatch.setenv(store_mod.DEADLINE_ENV, "soon")
-    with pytest.raises(StoreError, match="not a number"):
-        store_mod.store_deadline_s()
-    monkeypatch.setenv(store_mod.DEADLINE_ENV, "0")
-    with pytest.raises(StoreError, match="must be > 0"):
-        store_mod.store_deadline_s()

@@ -60,6 +60,12 @@ _NUMERIC_COLUMNS = ("Open", "High", "Low", "Close", "Volume", "TurnoverValue", "
 _DAY_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 
+# Total deadline of one S3 store call (a listing with all its pages, one day's get with its body,
+# one put), retries included: a day partition is ~1 MB and a listing a few pages, so 120 s is
+# generous; botocore's own timeouts are per read and a trickling server never trips them.
+S3_DEADLINE_S = 120.0
+
+
 class StoreError(ValueError):
     """The store path is missing, empty, or holds an unreadable file (the message names it)."""
 
@@ -68,8 +74,9 @@ class StoreError(ValueError):
 class _Backend:
     """Day partitions in a local folder or under an S3 prefix: list, read, write one day."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, deadline_s: float = S3_DEADLINE_S) -> None:
         self.root = str(root)
+        self.deadline_s = deadline_s
         self.is_s3 = self.root.startswith("s3://")
         if self.is_s3:
             bucket, _, prefix = self.root[len("s3://"):].partition("/")
@@ -105,11 +112,11 @@ class _Backend:
         from atft_core.deadline import call_with_deadline
 
         try:
-            return call_with_deadline(fn, store_deadline_s(), name="atft-store-s3")
+            return call_with_deadline(fn, self.deadline_s, name="atft-store-s3")
         except Exception as err:  # DeadlinePassed, botocore ClientError / EndpointConnectionError
             if getattr(err, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise
-            raise StoreError(f"cannot {what}: {_one_line(err)} ({DEADLINE_ENV} sets the deadline)") from None
+            raise StoreError(f"cannot {what}: {_one_line(err)}") from None
 
     def _list_s3(self) -> list[str]:
         pre = f"{self.prefix}/" if self.prefix else ""
@@ -149,22 +156,6 @@ class _Backend:
 
     def _s3_key(self, day: dt.date) -> str:
         return f"{self.prefix}/{self.key(day)}" if self.prefix else self.key(day)
-
-
-DEADLINE_ENV = "ATFT_STORE_S3_DEADLINE_S"
-
-
-def store_deadline_s() -> float:
-    """Total deadline of one S3 store call (listing with all its pages, one day's get or put),
-    retries included: ``$ATFT_STORE_S3_DEADLINE_S`` seconds, default 120."""
-    raw = os.environ.get(DEADLINE_ENV, "120")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise StoreError(f"{DEADLINE_ENV}={raw!r} is not a number of seconds") from None
-    if not value > 0:
-        raise StoreError(f"{DEADLINE_ENV}={raw!r} must be > 0")
-    return value
 
 
 def _s3_client():
