@@ -89,12 +89,11 @@ def build_day_graphs(returns: list[Tensor], sectors: list[Tensor], cfg: GraphCon
 
     Days are padded to (D, N_max, W_max): missing returns are NaN (already "missing" to the
     correlation), padded stocks score -1 (never picked, never sources); per-day k, m and
-    ``min_obs`` are per-day counts. Only the (D, N, N) correlation and its |rho| are dense: edges
-    are picked by ``topk``. Why: per day the graph is
-    ~30 small tensor ops, whose fixed cost dominated the loader's first pass, and every extra
-    dense (D, N, N) pass costs ~1-3 ns per entry (60 ms per pass at 4,000 stocks) (issue 15). The
-    union is deduplicated in a dense bool adjacency (``nonzero`` lists it sorted by (day, src,
-    dst)): measured cheaper than sorting or hashing the edge keys.
+    ``min_obs`` are per-day counts; edges are picked by ``topk`` (:func:`_top_per_row`). Why one
+    pass: per day the graph is ~30 small tensor ops whose fixed cost dominated the loader's first
+    pass; why few dense (D, N, N) passes: each costs ~1-3 ns per entry (15-50 ms at 4,000 stocks)
+    (issue 15). The union is deduplicated in a dense bool adjacency (``nonzero`` lists it sorted
+    by (day, src, dst)): measured cheaper than sorting or hashing the edge keys.
     """
     d = len(returns)
     empty = (torch.zeros((2, 0), dtype=torch.int64), torch.zeros((0, 2), dtype=torch.float32))
