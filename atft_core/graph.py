@@ -27,18 +27,21 @@ def window_correlation(returns: Tensor, min_obs: int) -> Tensor:
 
     Shapes: returns (N, W) (NaN = missing) -> rho (N, N) float32, diagonal 0.
     """
-    r = returns.to(torch.float64)
+    return _correlations(returns.to(torch.float64)[None], torch.tensor([min_obs]))[0]
+
+
+def _correlations(r: Tensor, min_obs: Tensor) -> Tensor:
+    """:func:`window_correlation` of each day: r (D, N, W) float64, min_obs (D,) -> (D, N, N)."""
     ok = torch.isfinite(r)
-    n_obs = ok.sum(1)  # (N,)
-    r0 = torch.where(ok, r, torch.zeros((), dtype=r.dtype))
-    mean = r0.sum(1) / n_obs.clamp(min=1)
-    d = torch.where(ok, r - mean[:, None], torch.zeros((), dtype=r.dtype))  # (N, W)
-    norm = d.pow(2).sum(1).sqrt()  # (N,)
-    valid = (n_obs >= min_obs) & (norm > 1e-12)
-    z = torch.where(valid[:, None], d / norm.clamp(min=1e-12)[:, None], torch.zeros((), dtype=r.dtype))
-    rho = (z @ z.T).clamp(-1.0, 1.0)
-    rho.fill_diagonal_(0.0)
-    return rho.to(torch.float32)
+    n_obs = ok.sum(2)  # (D, N)
+    mean = torch.where(ok, r, 0.0).sum(2) / n_obs.clamp(min=1)
+    dev = torch.where(ok, r - mean[..., None], 0.0)
+    norm = dev.pow(2).sum(2).sqrt()
+    valid = (n_obs >= min_obs[:, None]) & (norm > 1e-12)
+    z = torch.where(valid[..., None], dev / norm.clamp(min=1e-12)[..., None], 0.0)
+    rho = torch.bmm(z, z.transpose(1, 2)).to(torch.float32).clamp_(-1.0, 1.0)  # (D, N, N)
+    rho.diagonal(dim1=1, dim2=2).zero_()
+    return rho
 
 
 def _top_per_row(score: Tensor, count: Tensor, counted: float) -> tuple[Tensor, Tensor]:
@@ -110,15 +113,7 @@ def build_day_graphs(returns: list[Tensor], sectors: list[Tensor], cfg: GraphCon
         sec[i, : si.shape[0]] = si
     n = torch.tensor(ns)
     min_obs = torch.tensor([max(3, int(x.shape[1]) // 2) for x in returns])  # per day: half its window
-    ok = torch.isfinite(r)
-    n_obs = ok.sum(2)  # (D, N)
-    mean = torch.where(ok, r, 0.0).sum(2) / n_obs.clamp(min=1)
-    dev = torch.where(ok, r - mean[..., None], 0.0)
-    norm = dev.pow(2).sum(2).sqrt()
-    valid = (n_obs >= min_obs[:, None]) & (norm > 1e-12)
-    z = torch.where(valid[..., None], dev / norm.clamp(min=1e-12)[..., None], 0.0)
-    rho = torch.bmm(z, z.transpose(1, 2)).to(torch.float32).clamp_(-1.0, 1.0)  # (D, N, N)
-    rho.diagonal(dim1=1, dim2=2).zero_()
+    rho = _correlations(r, min_obs)  # (D, N, N)
     score = rho.abs()
     score.diagonal(dim1=1, dim2=2).fill_(-1.0)
     for i, ni in enumerate(ns):  # padded stocks: never picked

@@ -38,8 +38,8 @@ def reference_edges(r: np.ndarray, sectors: np.ndarray, cfg: GraphConfig) -> dic
 
 
 def _tie_broken(score: Tensor) -> Tensor:
-    """``score`` in float64 minus ``1e-15 * column``: exact ties go to the lower column index (``topk`` alone breaks ties in an
-    order that depends on the row length, i.e. on padding). Scores are float32 |rho| values, far
+    """``score`` in float64 minus ``1e-15 * column``: exact ties go to the lower column index
+    (``topk`` alone breaks ties in an order that depends on the row length, i.e. on padding). Scores are float32 |rho| values, far
     coarser than the shift, so distinct scores keep their order."""
     cols = torch.arange(score.shape[-1], dtype=torch.float64)
     return score.to(torch.float64) - 1e-15 * cols
@@ -47,16 +47,8 @@ def _tie_broken(score: Tensor) -> Tensor:
 
 def per_day_reference(returns: Tensor, sectors: Tensor, cfg: GraphConfig) -> tuple[Tensor, Tensor]:
     """The per-day implementation that preceded the batched one (float64 tie-broken ``topk`` +
-    ``unique``), kept as an independent reference for ``build_day_graphs``.
-
-    Args:
-        returns: (N, W) trailing daily returns ending at the day itself (inclusive), NaN = missing.
-        sectors: (N,) int64 sector id, < 0 = unknown.
-        cfg: k, min_abs_corr, sector_edges, max_sector_neighbours.
-
-    Returns:
-        edge_index (2, E) int64 and edge_attr (E, 2) float32 = [rho, same_sector].
-    """
+    ``unique``), kept as an independent reference for ``build_day_graphs``; arguments and
+    results as :func:`build_day_graph`."""
     n = returns.shape[0]
     if n < 2:
         return torch.zeros((2, 0), dtype=torch.int64), torch.zeros((0, 2), dtype=torch.float32)
