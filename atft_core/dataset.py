@@ -317,15 +317,9 @@ class DayBatchLoader:
             self._stocks[t] = s
         return s
 
-    def graph_of(self, t: int) -> tuple[Tensor, Tensor]:
-        key = (t, self.cfg.graph)
-        hit = self.panel.graph_cache.get(key)
-        if hit is not None:
-            return hit[0].to(torch.int64), hit[1]
-        ei, ea = day_graph(self.panel, self.stocks_of(t), t, self.cfg.graph)
-        if self.cache_graphs:
-            self.panel.graph_cache[key] = (ei.to(torch.int32), ea)  # int32 halves the cache
-        return ei, ea
+    def _cached_graph(self, t: int) -> tuple[Tensor, Tensor]:
+        ei, ea = self.panel.graph_cache[(t, self.cfg.graph)]
+        return ei.to(torch.int64), ea
 
     def _build_graphs(self, t_days: Sequence[int]) -> dict[int, tuple[Tensor, Tensor]]:
         """Graphs of these days in batched passes (graph.build_day_graphs) of at most
@@ -334,16 +328,22 @@ class DayBatchLoader:
         than a batch needs, because beyond ~4 days of 200 stocks a day costs no less (measured)."""
         g = self.cfg.graph
         built: dict[int, tuple[Tensor, Tensor]] = {}
-        chunk: list[int] = []
-        for i, t in enumerate(t_days):
-            chunk.append(int(t))
-            nxt = t_days[i + 1] if i + 1 < len(t_days) else None
-            widest = max(len(self.stocks_of(u)) for u in chunk + ([int(nxt)] if nxt is not None else []))
-            if nxt is not None and (len(chunk) + 1) * widest**2 <= GRAPH_PASS_ELEMENTS:
-                continue
+
+        def build(chunk: list[int]) -> None:
             wins, secs = zip(*(graph_inputs(self.panel, self.stocks_of(u), u, g) for u in chunk))
             built.update(zip(chunk, build_day_graphs(list(wins), list(secs), g)))
-            chunk = []
+
+        chunk: list[int] = []
+        widest = 0  # stocks of the chunk's largest day
+        for t in map(int, t_days):
+            n = len(self.stocks_of(t))
+            if chunk and (len(chunk) + 1) * max(widest, n) ** 2 > GRAPH_PASS_ELEMENTS:
+                build(chunk)
+                chunk, widest = [], 0
+            chunk.append(t)
+            widest = max(widest, n)
+        if chunk:
+            build(chunk)
         if self.cache_graphs:
             for t, (ei, ea) in built.items():
                 self.panel.graph_cache[(t, g)] = (ei.to(torch.int32), ea)  # int32 halves the cache
@@ -359,7 +359,7 @@ class DayBatchLoader:
         day_ptr[1:] = torch.cumsum(sizes, 0)
         s = torch.cat(stocks)  # (N,)
         t = torch.repeat_interleave(torch.as_tensor(np.asarray(t_days, dtype=np.int64)), sizes)  # (N,)
-        graphs = [built[int(td)] if int(td) in built else self.graph_of(int(td)) for td in t_days]
+        graphs = [built[int(td)] if int(td) in built else self._cached_graph(int(td)) for td in t_days]
         edge_index = torch.cat([g[0] + day_ptr[k] for k, g in enumerate(graphs)], dim=1)
         edge_attr = torch.cat([g[1] for g in graphs], dim=0)
         return DayBatch(

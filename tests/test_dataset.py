@@ -203,23 +203,25 @@ def test_batch_graph_in_day_node_order(panel):
     assert torch.equal(b.edge_index, b2.edge_index) and torch.equal(b.edge_attr, b2.edge_attr)
 
 
-
 def test_graph_passes_split_by_the_element_budget(panel, monkeypatch):
     """A batch's days built one per pass (budget below one day) == all in one pass, cache off."""
     import atft_core.dataset as ds
 
     saved = dict(panel.graph_cache)
     panel.graph_cache.clear()  # other tests may have cached these days
-    days = panel.usable_dates()[30:38]
-    whole = next(iter(DayBatchLoader(panel, days, CFG, cache_graphs=False)))
-    calls = []
-    real = ds.build_day_graphs
-    monkeypatch.setattr(ds, "build_day_graphs", lambda r, s, g: calls.append(len(r)) or real(r, s, g))
-    monkeypatch.setattr(ds, "GRAPH_PASS_ELEMENTS", 1)
-    split = next(iter(DayBatchLoader(panel, days, CFG, cache_graphs=False)))
-    panel.graph_cache.update(saved)
+    try:
+        days = panel.usable_dates()[30:38]
+        whole = next(iter(DayBatchLoader(panel, days, CFG, cache_graphs=False)))
+        calls = []
+        real = ds.build_day_graphs
+        monkeypatch.setattr(ds, "build_day_graphs", lambda r, s, g: calls.append(len(r)) or real(r, s, g))
+        monkeypatch.setattr(ds, "GRAPH_PASS_ELEMENTS", 1)
+        split = next(iter(DayBatchLoader(panel, days, CFG, cache_graphs=False)))
+    finally:
+        panel.graph_cache.update(saved)
     assert calls == [1] * CFG.dataset.days_per_batch
     assert torch.equal(whole.edge_index, split.edge_index) and torch.equal(whole.edge_attr, split.edge_attr)
+
 
 def test_graph_and_features_point_in_time():
     q = make_quotes()
