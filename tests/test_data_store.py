@@ -211,4 +211,3 @@ def test_s3_store_calls_end_at_one_total_deadline(call, monkeypatch):
     assert 1.4 <= elapsed < 4.0
     msg = str(err.value)
     assert "\n" not in msg and "1.5 s deadline" in msg and "s3://bucket/quotes" in msg
-

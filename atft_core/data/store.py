@@ -114,8 +114,6 @@ class _Backend:
         try:
             return call_with_deadline(fn, self.deadline_s, name="atft-store-s3")
         except Exception as err:  # DeadlinePassed, botocore ClientError / EndpointConnectionError
-            if getattr(err, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise
             raise StoreError(f"cannot {what}: {_one_line(err)}") from None
 
     def _list_s3(self) -> list[str]:
@@ -129,15 +127,16 @@ class _Backend:
 
     def read_bytes(self, day: dt.date) -> bytes | None:
         if self.is_s3:
-            def get() -> bytes:  # the body's read inside the deadline too
-                return self._s3.get_object(Bucket=self.bucket, Key=self._s3_key(day))["Body"].read()
+            def get() -> bytes | None:  # the body's read inside the deadline too
+                try:
+                    obj = self._s3.get_object(Bucket=self.bucket, Key=self._s3_key(day))
+                except Exception as err:
+                    if getattr(err, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                        return None  # the day is not stored
+                    raise
+                return obj["Body"].read()
 
-            try:
-                return self._bounded(f"read {self.root}/{self.key(day)}", get)
-            except StoreError:
-                raise
-            except Exception:  # NoSuchKey: the day is not stored
-                return None
+            return self._bounded(f"read {self.root}/{self.key(day)}", get)
         f = self.path / self.key(day)
         return f.read_bytes() if f.exists() else None
 
