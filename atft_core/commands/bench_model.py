@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--knn", type=int, default=10, help="neighbours per stock in the day graph")
     p.add_argument("--repeats", type=int, default=2, help="timed iterations per setting (best of)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--default-heap", action="store_true",
+                   help="leave glibc's allocator as it is (the trainer keeps freed memory: atft_core.heap)")
     p.add_argument("--profile", action="store_true",
                    help="also print torch.profiler's top-10 ops (self CPU time) of the all-on fp32 step")
     p.add_argument("--compile", action="store_true",
@@ -108,8 +110,11 @@ def _run(args) -> int:
     from atft_core.config import Blocks, load_config
     from atft_core.model import ATFTGATFAN
 
+    from atft_core.heap import retain_freed_memory
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    heap = "glibc default" if args.default_heap else ("kept" if retain_freed_memory() else "not glibc: default")
     cfg = load_config(args.config, args.overrides)
     horizons = cfg.horizons
     torch.manual_seed(0)
@@ -120,7 +125,7 @@ def _run(args) -> int:
     print(f"model: hidden={cfg.model.hidden_size} lstm_layers={cfg.model.lstm_layers} "
           f"gat_layers={cfg.model.gat_layers} params={model.num_parameters():,}")
     print(f"day: stocks={n} lookback={args.lookback} features={args.features} "
-          f"edges={edge_index.shape[1]} (kNN k={args.knn}) threads={torch.get_num_threads()}")
+          f"edges={edge_index.shape[1]} (kNN k={args.knn}) threads={torch.get_num_threads()} heap={heap}")
 
     def step(dtype, fwd=model):
         model.zero_grad(set_to_none=True)

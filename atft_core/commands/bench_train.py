@@ -14,6 +14,8 @@ def register(sub) -> None:
     add_config_args(p)
     p.add_argument("--batches", type=int, default=8, help="timed training steps per path")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--default-heap", action="store_true",
+                   help="leave glibc's allocator as it is (the trainer keeps freed memory: atft_core.heap)")
     p.set_defaults(func=_run)
 
 
@@ -88,8 +90,11 @@ def _run(args) -> int:
     from atft_core.train.gpu_stats import StepTimes
     from atft_core.train.predict import autocast_ctx
 
+    from atft_core.heap import retain_freed_memory
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    heap = "glibc default" if args.default_heap else ("kept" if retain_freed_memory() else "not glibc: default")
     cfg = load_config(args.config, args.overrides)
     panel = as_panel(load_features(cfg), cfg)
     dates = make_splits(list(panel.dates), cfg).train
@@ -145,7 +150,7 @@ def _run(args) -> int:
     load_naive = load_only(naive_loader(panel, dates, cfg), n_load)
     print(f"atft bench train: config={args.config} precision={cfg.train.precision} "
           f"hidden={cfg.model.hidden_size} days/batch={cfg.dataset.days_per_batch} "
-          f"batches={args.batches} threads={torch.get_num_threads()}")
+          f"batches={args.batches} threads={torch.get_num_threads()} heap={heap}")
     print(f"  DayBatchLoader, first pass : {ours_cold:10.1f} stock-days/s ({n1} stock-days), "
           f"data wait {wait_cold:.1%} of step time")
     print(f"  DayBatchLoader, cached     : {ours_warm:10.1f} stock-days/s, data wait {wait_warm:.1%} of step time")
