@@ -189,7 +189,9 @@ def window_dates(panel, cfg: Config, window: str) -> list[dt.date]:
 def predict_window(model: torch.nn.Module, panel, model_cfg: Config, dates: Sequence[dt.date],
                    device: str | torch.device = "cpu") -> Predictions:
     from atft_core.dataset import DayBatchLoader
+    from atft_core.heap import retain_freed_memory
 
+    retain_freed_memory()  # scoring too: 1.8x per 4,000-stock forward at hidden 256 (atft_core.heap)
     loader = DayBatchLoader(panel, dates, model_cfg, shuffle=False)
     if len(loader) == 0:
         raise ValueError("window has no usable days")
