@@ -57,14 +57,18 @@ def _day(n: int, lookback: int, n_features: int, k: int, seed: int = 0):
     return x, edge_index, edge_attr, y
 
 
-def _matmul_flops_per_s(dtype, size: int = 1024, repeats: int = 3) -> float:
+def _matmul_flops_per_s(dtype, size: int = 2048, repeats: int = 10) -> float:
+    """Best-of-``repeats`` dense matmul rate. Why 2048 and 10: 1024^3 best of 3 read 247-327
+    GFLOP/s between runs of one quiet sitting (the first calls of a process run slow), which moved
+    ``util`` by +-20%; 2048^3 best of 10 after two warm-ups read 304-318."""
     import time
 
     import torch
 
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
-    a @ b  # warm-up
+    for _ in range(2):  # warm-up
+        a @ b
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -142,7 +146,7 @@ def _run(args) -> int:
         raise SystemExit(f"atft bench model: unknown precision {bad}; use fp32,bf16")
     peak = {p: _matmul_flops_per_s(dtypes[p]) for p in dict.fromkeys([*precisions, "fp32", "bf16"])}
     for p, v in peak.items():
-        print(f"machine matmul 1024^3 {p}: {v / 1e9:.1f} GFLOP/s")
+        print(f"machine matmul 2048^3 (best of 10) {p}: {v / 1e9:.1f} GFLOP/s")
     if "bf16" not in precisions:
         print(f"bf16 autocast skipped: CPU capability {torch.backends.cpu.get_cpu_capability()} has no "
               "native bf16 (emulated bf16 matmul above); force it with --precisions fp32,bf16")
