@@ -114,9 +114,8 @@ def _run(args) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from atft_core.config import Blocks, load_config
-    from atft_core.model import ATFTGATFAN
-
     from atft_core.heap import retain_freed_memory
+    from atft_core.model import ATFTGATFAN
 
     if args.threads:
         torch.set_num_threads(args.threads)

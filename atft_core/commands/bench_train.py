@@ -85,12 +85,11 @@ def _run(args) -> int:
 
     from atft_core.config import load_config
     from atft_core.dataset import DayBatchLoader, make_splits
+    from atft_core.heap import retain_freed_memory
     from atft_core.losses import compute_loss
     from atft_core.train.api import as_panel, build_model, load_features
     from atft_core.train.gpu_stats import StepTimes
     from atft_core.train.predict import autocast_ctx
-
-    from atft_core.heap import retain_freed_memory
 
     if args.threads:
         torch.set_num_threads(args.threads)
