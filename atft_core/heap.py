@@ -57,3 +57,11 @@ def retain_freed_memory() -> bool:
     if mallopt is not None:
         _retained = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, _TRIM_NEVER) == 1
     return _retained
+
+
+def heap_mode(default_heap: bool) -> str:
+    """The benches' ``--default-heap`` switch: keep freed memory as the trainer does unless asked
+    not to; returns the label they print."""
+    if default_heap:
+        return "glibc default"
+    return "kept" if retain_freed_memory() else "not glibc: default"

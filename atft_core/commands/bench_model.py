@@ -42,17 +42,17 @@ def _day(n: int, lookback: int, n_features: int, graph, seed: int = 0):
     """A synthetic day with the training loader's graph (graph.build_day_graph: kNN both ways +
     same-sector edges, [rho, same_sector]) over factor-model returns: 33 sectors, sector loading
     0.45 and market loading 0.25 (expected rho 0.21 within a sector, 0.05 across), so kNN and
-    sector edges both occur. The demo loader's graphs have 23.2 edges per stock; a one-way kNN (the bench before stop 19)
-    had 10, which under-weighted the GAT."""
+    sector edges both occur. The demo loader's graphs have 23.2 edges per stock; a one-way kNN
+    (the bench before stop 19) had 10, which under-weighted the GAT."""
     import torch
 
     from atft_core.graph import build_day_graph
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, lookback, n_features, generator=g)  # (N, L, F)
-    w = graph.corr_window
-    sector = torch.randint(0, 33, (n,), generator=g)
-    returns = (0.45 * torch.randn(33, w, generator=g)[sector] + 0.25 * torch.randn(1, w, generator=g)
+    w, n_sectors = graph.corr_window, 33  # TSE's 33-industry codes
+    sector = torch.randint(0, n_sectors, (n,), generator=g)
+    returns = (0.45 * torch.randn(n_sectors, w, generator=g)[sector] + 0.25 * torch.randn(1, w, generator=g)
                + torch.randn(n, w, generator=g))  # (N, W)
     edge_index, edge_attr = build_day_graph(returns, sector, graph)
     y = torch.randn(n, 4, generator=g)
@@ -114,12 +114,12 @@ def _run(args) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from atft_core.config import Blocks, load_config
-    from atft_core.heap import retain_freed_memory
+    from atft_core.heap import heap_mode
     from atft_core.model import ATFTGATFAN
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    heap = "glibc default" if args.default_heap else ("kept" if retain_freed_memory() else "not glibc: default")
+    heap = heap_mode(args.default_heap)
     cfg = load_config(args.config, args.overrides)
     horizons = cfg.horizons
     torch.manual_seed(0)
@@ -130,7 +130,8 @@ def _run(args) -> int:
     print(f"model: hidden={cfg.model.hidden_size} lstm_layers={cfg.model.lstm_layers} "
           f"gat_layers={cfg.model.gat_layers} params={model.num_parameters():,}")
     print(f"day: stocks={n} lookback={args.lookback} features={args.features} "
-          f"edges={edge_index.shape[1]} ({edge_index.shape[1] / n:.1f} per stock, graph k={cfg.graph.k}) threads={torch.get_num_threads()} heap={heap}")
+          f"edges={edge_index.shape[1]} ({edge_index.shape[1] / n:.1f} per stock, graph k={cfg.graph.k}) "
+          f"threads={torch.get_num_threads()} heap={heap}")
 
     def step(dtype, fwd=model):
         model.zero_grad(set_to_none=True)

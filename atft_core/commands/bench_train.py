@@ -85,7 +85,7 @@ def _run(args) -> int:
 
     from atft_core.config import load_config
     from atft_core.dataset import DayBatchLoader, make_splits
-    from atft_core.heap import retain_freed_memory
+    from atft_core.heap import heap_mode
     from atft_core.losses import compute_loss
     from atft_core.train.api import as_panel, build_model, load_features
     from atft_core.train.gpu_stats import StepTimes
@@ -93,7 +93,7 @@ def _run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    heap = "glibc default" if args.default_heap else ("kept" if retain_freed_memory() else "not glibc: default")
+    heap = heap_mode(args.default_heap)
     cfg = load_config(args.config, args.overrides)
     panel = as_panel(load_features(cfg), cfg)
     dates = make_splits(list(panel.dates), cfg).train
