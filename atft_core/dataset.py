@@ -235,9 +235,12 @@ def gather_windows(x: Tensor, stock: Tensor, t: Tensor, lookback: int) -> Tensor
 
     Shapes: x (S, T, F), stock (N,), t (N,) -> (N, L, F).
     """
+    s_, t_, f = x.shape
     steps = t[:, None] + torch.arange(1 - lookback, 1)[None, :]  # (N, L)
     valid = steps >= 0
-    w = x[stock[:, None], steps.clamp(min=0)]  # (N, L, F)
+    rows = (stock[:, None] * t_ + steps.clamp(min=0)).reshape(-1)  # (N * L,) rows of x as (S*T, F)
+    # index_select on the flat (S*T, F) view: 2x an advanced x[stock, steps] gather (issue 15)
+    w = x.reshape(s_ * t_, f).index_select(0, rows).view(len(stock), lookback, f)  # (N, L, F)
     if not bool(valid.all()):
         w = w * valid[:, :, None]
     return w
