@@ -32,6 +32,7 @@ import datetime as dt
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -131,6 +132,8 @@ class Panel:
     # day graphs built so far, keyed by (day index, graph config): shared by every loader on
     # this panel, so neither a new epoch nor a new loader (next phase, val) rebuilds them
     graph_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # day graphs on disk across processes and runs (atft_core.graph_store.GraphStore); None = off
+    graph_store: Any = field(default=None, repr=False, compare=False)
 
     @property
     def num_stocks(self) -> int:
@@ -331,6 +334,20 @@ class DayBatchLoader:
         than a batch needs, because beyond ~4 days of 200 stocks a day costs no less (measured)."""
         g = self.cfg.graph
         built: dict[int, tuple[Tensor, Tensor]] = {}
+        store, keys = self.panel.graph_store, {}
+        if store is not None:  # days another process or run already built: read, not rebuilt
+            from atft_core.graph_store import graph_key
+
+            missing = []
+            for t in map(int, t_days):
+                returns, sectors = graph_inputs(self.panel, self.stocks_of(t), t, g)
+                keys[t] = graph_key(returns, sectors, g)
+                got = store.get(keys[t], sectors)
+                if got is None:
+                    missing.append(t)
+                else:
+                    built[t] = got
+            t_days = missing
 
         def build(chunk: list[int]) -> None:
             wins, secs = zip(*(graph_inputs(self.panel, self.stocks_of(u), u, g) for u in chunk))
@@ -347,6 +364,9 @@ class DayBatchLoader:
             widest = max(widest, n)
         if chunk:
             build(chunk)
+        if store is not None:
+            for t in map(int, t_days):
+                store.put(keys[t], *built[t], n=len(self.stocks_of(t)))
         if self.cache_graphs:
             for t, (ei, ea) in built.items():
                 self.panel.graph_cache[(t, g)] = (ei.to(torch.int32), ea)  # int32 halves the cache

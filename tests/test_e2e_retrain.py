@@ -147,6 +147,15 @@ def test_retrain_dag_promotes_rejects_and_stops_on_bad_data(tmp_path, s3_endpoin
     run_dirs = sorted(p.name for p in (tmp_path / "var" / "runs").iterdir())
     assert len(run_dirs) == 2 and not any(n.startswith(bad_day.replace("-", "")) for n in run_dirs)
 
+    # the day graphs live in {work_root}/graph_store: the first night built and stored them, the
+    # next night read every day the two share and built only what it did not have
+    stores = [json.loads((tmp_path / "var" / "runs" / n / "metrics.json").read_text())["graph_store"]
+              for n in run_dirs]
+    stores.sort(key=lambda g: g["hits"])
+    assert {g["root"] for g in stores} == {"var/work/graph_store"}
+    assert stores[0]["hits"] == 0 and stores[0]["writes"] > 0
+    assert stores[1]["hits"] > 0 and stores[1]["writes"] < stores[0]["writes"] and stores[1]["bad"] == 0
+
     # the real Pushgateway holds the stages' metrics: validation failed last, gate rejected before
     s = _gateway_samples(pushgateway)
     assert [v for _, v in s["atft_data_validation_success"]] == [0.0]

@@ -1,7 +1,8 @@
 """`atft bench train`: stock-days/s of full training steps (data loading included) with the
 DayBatchLoader path vs a naive per-sample ``torch.utils.data.Dataset`` (one stock-day per
 ``__getitem__``, collated into day batches, day graphs rebuilt per batch) over the same model,
-loss and optimizer. Prints both figures and their ratio; asserts nothing.
+loss and optimizer. Prints both figures and their ratio, and the loader reading its day graphs from
+a graph store (atft_core.graph_store: what a later process, e.g. the next night, does); asserts nothing.
 """
 
 from __future__ import annotations
@@ -79,12 +80,15 @@ def naive_loader(panel, dates, cfg):
 
 
 def _run(args) -> int:
+    import dataclasses
+    import tempfile
     import time
 
     import torch
 
     from atft_core.config import load_config
     from atft_core.dataset import DayBatchLoader, make_splits
+    from atft_core.graph_store import GraphStore
     from atft_core.heap import heap_mode
     from atft_core.losses import compute_loss
     from atft_core.train.api import as_panel, build_model, load_features
@@ -147,6 +151,12 @@ def _run(args) -> int:
     load_ours = load_only(DayBatchLoader(panel, dates, cfg, shuffle=False), n_load)
     load_warm = load_only(DayBatchLoader(panel, dates, cfg, shuffle=False), n_load)  # graphs now cached
     load_naive = load_only(naive_loader(panel, dates, cfg), n_load)
+    with tempfile.TemporaryDirectory() as tmp:  # a later process: graphs on disk, none in memory
+        load_only(DayBatchLoader(dataclasses.replace(panel, graph_cache={}, graph_store=GraphStore(tmp)),
+                                 dates, cfg, shuffle=False), n_load)
+        stored = dataclasses.replace(panel, graph_cache={}, graph_store=GraphStore(tmp))
+        load_store = load_only(DayBatchLoader(stored, dates, cfg, shuffle=False), n_load)
+        store_stats = stored.graph_store.stats
     print(f"atft bench train: config={args.config} precision={cfg.train.precision} "
           f"hidden={cfg.model.hidden_size} days/batch={cfg.dataset.days_per_batch} "
           f"batches={args.batches} threads={torch.get_num_threads()} heap={heap}")
@@ -160,4 +170,7 @@ def _run(args) -> int:
           f"{load_naive:.0f} stock-days/s = {load_ours / load_naive:.2f}x")
     print(f"  data loading only, day graphs cached (epochs after the first): {load_warm:.0f} stock-days/s "
           f"= {load_warm / load_naive:.2f}x the naive loader (which rebuilds them every batch)")
+    print(f"  data loading only, day graphs read from the graph store (a new process, e.g. the next "
+          f"night): {load_store:.0f} stock-days/s = {load_store / load_naive:.2f}x naive, "
+          f"{load_store / load_ours:.2f}x building them ({store_stats['hits']} days read)")
     return 0

@@ -79,6 +79,7 @@ def _train(args) -> int:
     from pathlib import Path
 
     from atft_core.config import load_config
+    from atft_core.graph_store import store_dir
     from atft_core.train import ddp, hpo
     from atft_core.train.api import load_features, train_run
 
@@ -87,20 +88,22 @@ def _train(args) -> int:
     nproc = cfg.train.nproc if args.nproc is None else args.nproc
     ddp.check_settings(cfg, nproc)  # ValueError -> one line, exit 2 (_input_errors)
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run_root) / ddp.identity_sha256(cfg)[:12]
+    graphs = store_dir(cfg)  # day graphs shared with earlier runs and the other ranks
     if ddp.launched_by_torchrun():  # `torchrun ... -m atft_core.cli train`: this process is one rank
-        summary = ddp.train_as_rank(cfg, run_dir, args.resume)
+        summary = ddp.train_as_rank(cfg, run_dir, args.resume, graph_store=graphs)
         if summary is not None:
             print(json.dumps(summary, indent=2, default=str))
         return 0
     if nproc > 1:
         try:
-            summary = ddp.launch_train(cfg, run_dir, nproc, resume=args.resume)
+            summary = ddp.launch_train(cfg, run_dir, nproc, resume=args.resume, graph_store=graphs)
         except ddp.LaunchError as err:
             print(f"atft train: {err}", file=sys.stderr)
             return 1
     else:
         cfg = ddp.without_nproc(cfg)
-        summary = ddp.run_summary(train_run(cfg, load_features(cfg), run_dir, resume=args.resume))
+        summary = ddp.run_summary(train_run(cfg, load_features(cfg), run_dir, resume=args.resume,
+                                            graph_store=graphs))
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -178,10 +178,12 @@ def train_candidate(ctx: dict[str, Any], feats: dict[str, Any] | None = None) ->
     holdout is scored once, by :func:`evaluate_holdout`."""
     import polars as pl
 
+    from atft_core.graph_store import store_dir
     from atft_core.train.api import train_run
 
     rc = RunContext.build(ctx)
     features_path = (feats or {}).get("features_path") or rc.work_dir / "features.parquet"
+    graphs = store_dir(rc.config)  # day graphs of earlier nights are read, only new days built
     pusher = rc.pusher("train")
     nproc = rc.config.train.nproc
     from atft_core.train import ddp
@@ -192,11 +194,12 @@ def train_candidate(ctx: dict[str, Any], feats: dict[str, Any] | None = None) ->
             result = ddp.launch_train(rc.training_config, rc.run_dir, nproc, resume=True,
                                       features_path=features_path,
                                       hook_factory=functools.partial(_rank0_epoch_hook, rc),
-                                      evaluate_holdout=False)
+                                      evaluate_holdout=False, graph_store=graphs)
         else:
             result = ddp.run_summary(train_run(
                 rc.training_config, pl.read_parquet(features_path), rc.run_dir, resume=True,
-                on_epoch_end=epoch_metrics_hook(pusher, rc.config.horizons), evaluate_holdout=False))
+                on_epoch_end=epoch_metrics_hook(pusher, rc.config.horizons), evaluate_holdout=False,
+                graph_store=graphs))
     except Exception:
         pusher.stage("train", success=False, seconds=time.perf_counter() - t0)
         raise

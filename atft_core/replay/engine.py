@@ -55,7 +55,7 @@ STATE_FILE = "replay_state.json"
 STATE_FORMAT = 1
 # what a replay writes into --out; anything else there is not ours
 OUT_ENTRIES = frozenset({STATE_FILE, "config.yaml", "runs", "serve", "report.md", "replay.png",
-                         "daily.parquet", "live_metrics.parquet", "summary.json"})
+                         "daily.parquet", "live_metrics.parquet", "summary.json", "graph_store"})
 
 
 class ReplayError(ValueError):
@@ -255,7 +255,9 @@ def _retrain_day(cfg: Config, quotes: pl.DataFrame, day: dt.date, out: Path,
     run_id = run_id_for(cfg, day)
     run_dir = out / "runs" / run_id
     try:
-        result = train_run(cfg, frame, run_dir, resume=True, evaluate_holdout=False)
+        # one store for the replay's retrains: each adds its new days' graphs, rebuilds none
+        result = train_run(cfg, frame, run_dir, resume=True, evaluate_holdout=False,
+                           graph_store=out / "graph_store")
     except ValueError as err:
         raise ReplayError(f"retrain on {day}: {err}") from None
     # the nightly's one holdout scoring, for the candidate and the champion on the same dates

@@ -22,6 +22,7 @@ Decisions (SPEC is silent):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -324,6 +325,7 @@ def train_run(
     evaluate_holdout: bool = True,
     write_report: bool = True,
     dist: DistContext | None = None,
+    graph_store: str | Path | None = None,
 ) -> TrainResult | None:
     """Train a candidate in ``run_dir`` (resuming its last checkpoint when ``resume``).
 
@@ -337,6 +339,9 @@ def train_run(
         evaluate_holdout: score the best weights on the holdout window (HPO skips it).
         dist: a torch.distributed rank (:mod:`atft_core.train.ddp`); ranks other than 0 train
             and return None, rank 0 writes and evaluates.
+        graph_store: a folder of day graphs shared by processes and runs
+            (:class:`atft_core.graph_store.GraphStore`; callers pass ``store_dir(cfg)``, the
+            deployment's); None: graphs live in this process only.
     Outputs in run_dir: model.safetensors, config.yaml, metrics.jsonl, metrics.json, report.md,
     *.png, checkpoints/.
     Raises (nothing written yet): ValueError (data too short for the splits), CheckpointError
@@ -349,6 +354,10 @@ def train_run(
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     panel = as_panel(data, cfg)
+    if graph_store is not None:
+        from atft_core.graph_store import GraphStore
+
+        panel = dataclasses.replace(panel, graph_store=GraphStore(graph_store))  # same in-memory cache
     splits = make_splits(list(panel.dates), cfg)
     train_loader, val_loader = _loaders(panel, splits, cfg)
     is_main = dist is None or dist.is_main
@@ -366,6 +375,8 @@ def train_run(
     if not is_main:
         return None
     train_seconds = time.perf_counter() - t0
+    if panel.graph_store is not None:
+        panel.graph_store.prune()
 
     best_model, _, _ = load_model(run_dir, cfg)
     device = trainer.device
@@ -396,6 +407,8 @@ def train_run(
         "skipped_checkpoints": scan.describe(),
         "moved_aside": str(moved_aside) if moved_aside else None,
         "compile_failed": trainer.state.compile_failed,
+        "graph_store": None if panel.graph_store is None else {
+            "root": str(panel.graph_store.root), **panel.graph_store.stats},
     }
     metrics_path = atomic_write_text(run_dir / "metrics.json",
                                      json.dumps(json_safe(summary), indent=2, sort_keys=False))

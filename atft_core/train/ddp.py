@@ -204,7 +204,7 @@ def launched_by_torchrun() -> bool:
 
 def _worker(cfg_yaml: str, run_dir: str, resume: bool, features_path: str | None,
             hook_factory: Callable[[Any], Callable[[dict], None]] | None,
-            evaluate_holdout: bool = True) -> dict[str, Any] | None:
+            evaluate_holdout: bool = True, graph_store: str | None = None) -> dict[str, Any] | None:
     """One rank spawned by :func:`launch_train`."""
     import logging as _logging
 
@@ -212,12 +212,12 @@ def _worker(cfg_yaml: str, run_dir: str, resume: bool, features_path: str | None
 
     _logging.basicConfig(level=_logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return train_as_rank(config_from_yaml_text(cfg_yaml), run_dir, resume, features_path, hook_factory,
-                         evaluate_holdout=evaluate_holdout)
+                         evaluate_holdout=evaluate_holdout, graph_store=graph_store)
 
 
 def train_as_rank(cfg, run_dir: str | Path, resume: bool, features_path: str | None = None,
                   hook_factory: Callable[[Any], Callable[[dict], None]] | None = None,
-                  evaluate_holdout: bool = True) -> dict[str, Any] | None:
+                  evaluate_holdout: bool = True, graph_store: str | Path | None = None) -> dict[str, Any] | None:
     """This process as one rank (environment from torchrun / the elastic agent): join the
     group, load the data, train; rank 0 returns the run summary, the others None."""
     from atft_core.train.api import load_features, train_run
@@ -234,7 +234,7 @@ def train_as_rank(cfg, run_dir: str | Path, resume: bool, features_path: str | N
             data = load_features(cfg)
         hook = hook_factory(cfg) if (hook_factory is not None and ctx.is_main) else None
         res = train_run(cfg, data, run_dir, resume=resume, on_epoch_end=hook, dist=ctx,
-                        evaluate_holdout=evaluate_holdout)
+                        evaluate_holdout=evaluate_holdout, graph_store=graph_store)
         return run_summary(res) if ctx.is_main else None
     finally:
         import torch.distributed as dist
@@ -297,7 +297,7 @@ def run_workers(entrypoint: Callable[..., Any], args: tuple, nproc: int,
 def launch_train(cfg, run_dir: str | Path, nproc: int, *, resume: bool = True,
                  features_path: str | Path | None = None,
                  hook_factory: Callable[[Any], Callable[[dict], None]] | None = None,
-                 evaluate_holdout: bool = True) -> dict[str, Any]:
+                 evaluate_holdout: bool = True, graph_store: str | Path | None = None) -> dict[str, Any]:
     """Train ``cfg`` in ``run_dir`` with ``nproc`` processes on this machine.
 
     Args:
@@ -306,6 +306,7 @@ def launch_train(cfg, run_dir: str | Path, nproc: int, *, resume: bool = True,
         hook_factory: a picklable (module-level) ``f(cfg) -> on_epoch_end`` built on rank 0 (the
             workers are spawned, closures do not travel).
         evaluate_holdout: as for ``train_run`` (the retrain pipeline scores the holdout itself).
+        graph_store: as for ``train_run``: every rank reads and adds day graphs there.
     Returns rank 0's :func:`run_summary`. Raises :class:`LaunchError` when a rank dies.
     """
     from atft_core.train.api import prepare_run_dir
@@ -316,5 +317,5 @@ def launch_train(cfg, run_dir: str | Path, nproc: int, *, resume: bool = True,
     # than as a dead rank; idempotent, the ranks' train_run repeats them
     prepare_run_dir(cfg, Path(run_dir), resume)
     args = (cfg.to_yaml(), str(run_dir), resume, str(features_path) if features_path else None, hook_factory,
-            evaluate_holdout)
+            evaluate_holdout, str(graph_store) if graph_store is not None else None)
     return run_workers(_worker, args, nproc)[0]

@@ -176,6 +176,8 @@ def run_trial(cfg: Config, data: Any, study_name: str | None = None, storage: st
         run_root: trial run dirs go to ``{run_root}/hpo/{study}/trial_{number:04d}``.
     Returns {number, state, value, params, run_dir, trial_index, retried_from}.
     """
+    from atft_core.graph_store import store_dir
+
     study = create_study(cfg, study_name, storage, salt=(trial_index or 0) + 1)
     if trial_index is not None and (done := _finished(study, trial_index)) is not None:
         log.info("trial_index %s already finished as trial %d", trial_index, done.number)
@@ -194,10 +196,11 @@ def run_trial(cfg: Config, data: Any, study_name: str | None = None, storage: st
     if (orig := study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")) is not None:
         log.info("trial %d retries trial %d (its worker stopped beating)", trial.number, orig)
     with _Heartbeat(study._storage, trial._trial_id):
-        return _train_and_tell(study, trial, tcfg, data, run_dir, cfg.hpo.epochs_scale)
+        return _train_and_tell(study, trial, tcfg, data, run_dir, cfg.hpo.epochs_scale, store_dir(cfg))
 
 
-def _train_and_tell(study, trial, tcfg: Config, data: Any, run_dir: Path, epochs_scale: float) -> dict[str, Any]:
+def _train_and_tell(study, trial, tcfg: Config, data: Any, run_dir: Path, epochs_scale: float,
+                    graph_store: Path | None = None) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState
 
@@ -212,7 +215,8 @@ def _train_and_tell(study, trial, tcfg: Config, data: Any, run_dir: Path, epochs
     try:
         panel = as_panel(data, tcfg)
         res = train_run(tcfg, panel, run_dir, resume=False, epochs_scale=epochs_scale,
-                        prune_hook=prune_hook, evaluate_holdout=False, write_report=False)
+                        prune_hook=prune_hook, evaluate_holdout=False, write_report=False,
+                        graph_store=graph_store)  # trials on other workers share the day graphs
     except optuna.TrialPruned:
         frozen = study.tell(trial, state=TrialState.PRUNED)
         return _summary_of(frozen)
