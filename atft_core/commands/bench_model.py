@@ -50,13 +50,22 @@ def _day(n: int, lookback: int, n_features: int, graph, seed: int = 0):
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, lookback, n_features, generator=g)  # (N, L, F)
-    w, n_sectors = graph.corr_window, 33  # TSE's 33-industry codes
-    sector = torch.randint(0, n_sectors, (n,), generator=g)
-    returns = (0.45 * torch.randn(n_sectors, w, generator=g)[sector] + 0.25 * torch.randn(1, w, generator=g)
-               + torch.randn(n, w, generator=g))  # (N, W)
+    returns, sector = factor_returns(n, graph.corr_window, seed=seed + 1)
     edge_index, edge_attr = build_day_graph(returns, sector, graph)
     y = torch.randn(n, 4, generator=g)
     return x, edge_index, edge_attr, y
+
+
+def factor_returns(n: int, w: int, seed: int = 0, n_sectors: int = 33):
+    """A day's graph inputs: (N, W) factor-model returns (sector loading 0.45, market 0.25) and
+    (N,) sector ids over TSE's 33 industries."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sector = torch.randint(0, n_sectors, (n,), generator=g)
+    returns = (0.45 * torch.randn(n_sectors, w, generator=g)[sector] + 0.25 * torch.randn(1, w, generator=g)
+               + torch.randn(n, w, generator=g))  # (N, W)
+    return returns, sector
 
 
 def _matmul_flops_per_s(dtype, size: int = 2048, repeats: int = 10) -> float:

@@ -252,15 +252,19 @@ def _headline(m: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in m.items() if not isinstance(v, list | dict)}
 
 
-def score_on_holdout(run_dir: str | Path, frame: Any, rc: RunContext) -> dict[str, Any]:
+def score_on_holdout(run_dir: str | Path, frame: Any, rc: RunContext,
+                     graph_store: str | Path | None = None) -> dict[str, Any]:
     """THE holdout scoring of a model (candidate, champion of either family): the run's model on
-    this run's holdout dates of ``frame``."""
+    this run's holdout dates of ``frame``; day graphs from ``graph_store`` (default: the
+    deployment's, :func:`atft_core.graph_store.store_dir`)."""
     from atft_core.baselines import evaluate_ridge_run, run_family
+    from atft_core.graph_store import store_dir
     from atft_core.train.api import evaluate_run_dir
 
     if run_family(run_dir) == "ridge":  # a ridge promoted by gate.promote_baseline_if_better
         return evaluate_ridge_run(run_dir, frame, split_cfg=rc.config)
-    return evaluate_run_dir(run_dir, frame, window="holdout", split_cfg=rc.config)
+    return evaluate_run_dir(run_dir, frame, window="holdout", split_cfg=rc.config,
+                            graph_store=graph_store or store_dir(rc.config))
 
 
 def score_ladder(frame: Any, rc: RunContext, run_id: str) -> dict[str, Any] | None:

@@ -262,13 +262,13 @@ def _retrain_day(cfg: Config, quotes: pl.DataFrame, day: dt.date, out: Path,
         raise ReplayError(f"retrain on {day}: {err}") from None
     # the nightly's one holdout scoring, for the candidate and the champion on the same dates
     rc = RunContext(dag_id="atft_replay", run_id=run_id, as_of=day, config=cfg)
-    candidate = score_on_holdout(run_dir, frame, rc)
+    candidate = score_on_holdout(run_dir, frame, rc, graph_store=out / "graph_store")
     previous = state["retrains"][-1]["champion_after"] if state["retrains"] else None
     champion_eval, unavailable = None, None
     if previous is not None:
         champ_dir = out / "runs" / previous["policy"]
         try:
-            champion_eval = score_on_holdout(champ_dir, frame, rc)
+            champion_eval = score_on_holdout(champ_dir, frame, rc, graph_store=out / "graph_store")
         except ValueError as err:  # as the pipeline: an unevaluable champion is recorded
             unavailable = f"champion {previous['policy']} cannot be evaluated on this data: {err}"
     decision = decide(candidate, champion_eval, cfg.gate, champion_unavailable=unavailable)

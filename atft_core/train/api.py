@@ -110,6 +110,16 @@ def as_panel(data: Any, cfg: Config):
     return build_panel(data, cfg)
 
 
+def with_graph_store(panel, graph_store: str | Path | None):
+    """``panel`` reading and adding its day graphs in this folder (atft_core.graph_store); the
+    same in-memory cache. None: the panel as is."""
+    if graph_store is None:
+        return panel
+    from atft_core.graph_store import GraphStore
+
+    return dataclasses.replace(panel, graph_store=GraphStore(graph_store))
+
+
 def build_model(cfg: Config, n_features: int) -> torch.nn.Module:
     from atft_core.model import ATFTGATFAN
 
@@ -202,16 +212,18 @@ def predict_window(model: torch.nn.Module, panel, model_cfg: Config, dates: Sequ
 
 def evaluate_checkpoint(weights: str | Path, data: Any, window: str = "holdout",
                         cfg: Config | None = None, split_cfg: Config | None = None,
-                        predictions_path: str | Path | None = None) -> dict[str, Any]:
+                        predictions_path: str | Path | None = None,
+                        graph_store: str | Path | None = None) -> dict[str, Any]:
     """Evaluate saved weights on a window of ``data`` (features frame or Panel).
 
     Args:
         weights: run dir (model.safetensors + config.yaml) or a safetensors file (needs ``cfg``).
         window: 'holdout' | 'val' | 'START:END'; splits use ``split_cfg`` (default: the run's).
         predictions_path: optional parquet path for the predictions frame.
+        graph_store: as for :func:`train_run` (the window's day graphs read, not rebuilt).
     Returns the evaluate_predictions dict plus ``window`` {start, end, n_days}."""
     model, model_cfg, meta = load_model(weights, cfg)
-    panel = as_panel(data, model_cfg)
+    panel = with_graph_store(as_panel(data, model_cfg), graph_store)
     dates = window_dates(panel, split_cfg or model_cfg, window)
     device = resolve_device(model_cfg.train.device)
     preds = predict_window(model, panel, model_cfg, dates, device)
@@ -224,9 +236,9 @@ def evaluate_checkpoint(weights: str | Path, data: Any, window: str = "holdout",
 
 
 def evaluate_run_dir(run_dir: str | Path, data: Any, window: str = "holdout",
-                     split_cfg: Config | None = None) -> dict[str, Any]:
+                     split_cfg: Config | None = None, graph_store: str | Path | None = None) -> dict[str, Any]:
     """:func:`evaluate_checkpoint` of a run dir (the pipeline's candidate/champion scoring)."""
-    return evaluate_checkpoint(run_dir, data, window=window, split_cfg=split_cfg)
+    return evaluate_checkpoint(run_dir, data, window=window, split_cfg=split_cfg, graph_store=graph_store)
 
 
 # --------------------------------------------------------------------------- run dir
@@ -353,11 +365,7 @@ def train_run(
     retain_freed_memory()  # steps reuse their freed activations instead of re-faulting them (2.1x at hidden 256)
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
-    panel = as_panel(data, cfg)
-    if graph_store is not None:
-        from atft_core.graph_store import GraphStore
-
-        panel = dataclasses.replace(panel, graph_store=GraphStore(graph_store))  # same in-memory cache
+    panel = with_graph_store(as_panel(data, cfg), graph_store)
     splits = make_splits(list(panel.dates), cfg)
     train_loader, val_loader = _loaders(panel, splits, cfg)
     is_main = dist is None or dist.is_main
