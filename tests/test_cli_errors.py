@@ -35,6 +35,12 @@ def _one_line(capsys, prefix: str) -> str:
     return lines[-1]
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Relative deployment roots (var/work/graph_store) land in the test's folder, not the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def disk_full(monkeypatch):
     real = os.fsync

@@ -30,7 +30,8 @@ def setup(tmp_path_factory):
     cfg = load_config("test", [
         "data.synthetic.n_stocks=20", "train.max_train_batches_per_epoch=1", "train.precision=fp32",
         "train.device=cpu", "hpo.hidden_sizes=[8,16]", "hpo.epochs_scale=1.0",
-        f"run_root={root}/runs", f"hpo.storage=sqlite:///{root}/db/optuna.db", "hpo.study_name=t",
+        f"run_root={root}/runs", f"work_root={root}/work", f"hpo.storage=sqlite:///{root}/db/optuna.db",
+        "hpo.study_name=t",
         "hpo.pruner_startup_trials=2", "hpo.pruner_warmup_epochs=0",
         "train.phases=[{name: baseline, epochs: 1, blocks: {gat: false, fan: false}}, "
         "{name: graph, epochs: 1, blocks: {gat: true, fan: false}, weights: {mse: 0.8, rankic: 0.1}}]",
@@ -179,7 +180,8 @@ def test_killed_workers_trial_is_retried_by_the_other(tmp_path):
     every trial is accounted for; the best trial becomes the retrain config."""
     storage = f"sqlite:///{tmp_path}/db/optuna.db"
     over = ["data.synthetic.n_stocks=20", "train.max_train_batches_per_epoch=1", "train.device=cpu",
-            "hpo.hidden_sizes=[8,16]", f"run_root={tmp_path}/runs", "hpo.heartbeat_s=1", "hpo.grace_s=5",
+            "hpo.hidden_sizes=[8,16]", f"run_root={tmp_path}/runs", f"work_root={tmp_path}/work",
+            "hpo.heartbeat_s=1", "hpo.grace_s=5",
             "hpo.pruner_startup_trials=10",
             "train.phases=[{name: baseline, epochs: 3, blocks: {gat: false, fan: false}}]"]
     cmd = [sys.executable, "-m", "atft_core.cli", "hpo", "--config", "test", "--study", "w", "--storage", storage,
@@ -212,6 +214,10 @@ def test_killed_workers_trial_is_retried_by_the_other(tmp_path):
     retry = [t for t in summary["trials"] if t["retried_from"] == 0]
     assert len(retry) == 1 and retry[0]["state"] in ("COMPLETE", "PRUNED")
     assert retry[0]["params"] == summary["trials"][0]["params"]  # the same trial, run again
+    # the workers share {work_root}/graph_store: B's trials read the day graphs A had built
+    stores = [json.loads((tmp_path / "runs" / "hpo" / "w" / f"trial_{n:04d}" / "metrics.json").read_text())
+              ["graph_store"] for n in (1, 2)]
+    assert all(g["root"] == f"{tmp_path}/work/graph_store" and g["hits"] > 0 and g["bad"] == 0 for g in stores)
     out = json.loads(b_out[b_out.index("{\n"):])  # the summary B printed last
     assert out["states"] == summary["states"]
     best_path = Path(out["best_params_path"])
