@@ -9,8 +9,8 @@ for 2,500 days, several GPU epochs' worth. This store keeps them on disk.
 Decisions:
 
 * **Key = a hash of exactly what the graph is computed from**: blake2b over the returns and
-  sector bytes (dtype and shape included), the graph settings and the source of
-  ``atft_core/graph.py``. Changing any input, a setting or the graph code is a different key, so
+  sector bytes (dtype and shape included), the graph settings, the source of
+  ``atft_core/graph.py`` and the torch version. Changing any input, a setting or the graph code is a different key, so
   a stale graph is never read; nothing has to be invalidated by hand.
 * **Format**: one ``<key>.graph`` file per day: a magic, (N, E, destination width), the edges as
   a per-source row pointer (N + 1) int32 and destinations int16 (int32 beyond 32,767 stocks),
@@ -54,10 +54,11 @@ DEFAULT_MAX_BYTES = 4 * 1024**3  # ~2,500 days of 1,000 stocks is ~0.4 GB, of 4,
 
 @functools.cache
 def _code_digest() -> bytes:
-    """The graph code's identity: a change to graph.py is a different key."""
+    """The graph code's identity: a change to graph.py, or another torch (whose kernels compute
+    rho), is a different key."""
     from atft_core import graph
 
-    return hashlib.blake2b(Path(graph.__file__).read_bytes(), digest_size=16).digest()
+    return hashlib.blake2b(Path(graph.__file__).read_bytes() + torch.__version__.encode(), digest_size=16).digest()
 
 
 def _decode(blob: bytes, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

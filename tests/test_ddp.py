@@ -158,11 +158,12 @@ def test_settings_ddp_cannot_honour_are_refused(tmp_path):
 def test_cli_refuses_a_bad_process_count(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT}
     r = subprocess.run([sys.executable, "-m", "atft_core.cli", "train", "--config", "test", "--nproc", "0",
-                        "--run-dir", str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=120)
+                        "--run-dir", str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == "atft train: nproc must be >= 1, got 0"
     r = subprocess.run([sys.executable, "-m", "atft_core.cli", "train", "--config", "test", "--nproc", "2",
                         "--run-dir", str(tmp_path / "r"), "train.grad_accum_days=1"], env=env,
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
         "atft train: train.grad_accum_days=1 is not supported with 2 processes")
     assert not (tmp_path / "r").exists()
@@ -275,7 +276,7 @@ def test_atft_train_nproc_2_matches_nproc_1(tmp_path):
         head = torchrun if n == "torchrun" else [sys.executable]
         r = subprocess.run([*head, "-m", "atft_core.cli", "train", "--config", "test", *launcher,
                             "--run-dir", str(tmp_path / f"n{n}"), *over], env=env, capture_output=True,
-                           text=True, timeout=600)
+                           text=True, timeout=600, cwd=tmp_path)  # one var/work/graph_store for the three
         walls[n] = time.perf_counter() - t0
         assert r.returncode == 0, r.stderr[-3000:]
         assert json.loads(r.stdout)["run_dir"] == str(tmp_path / f"n{n}")  # one summary, from rank 0
@@ -292,6 +293,10 @@ def test_atft_train_nproc_2_matches_nproc_1(tmp_path):
     m1 = json.loads((tmp_path / "n1" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "n2" / "metrics.json").read_text())
     assert m2["holdout"]["rank_ic_1d"] == pytest.approx(m1["holdout"]["rank_ic_1d"], abs=1e-4)
+    # the first run built and stored the day graphs; the DDP runs read them (and so the same
+    # curves above are also graphs read back from disk == graphs built)
+    assert m1["graph_store"]["hits"] == 0 and m1["graph_store"]["writes"] > 0
+    assert m2["graph_store"]["hits"] > 0 and m2["graph_store"]["root"] == "var/work/graph_store"
     print(f"\n[ddp] atft train: nproc 1 {walls[1]:.1f}s, nproc 2 {walls[2]:.1f}s, torchrun 2 "
           f"{walls['torchrun']:.1f}s, loss max abs diff {diff:.3g}")
 

@@ -162,7 +162,7 @@ def test_atft_train_cli_killed_then_resumed_then_evaluated(tmp_path):
                  "{name: graph, epochs: 2, blocks: {gat: true, fan: false}}]"]
     cmd = [sys.executable, "-m", "atft_core.cli", "train", "--config", "test", "--run-dir", str(run_dir), *overrides]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 400
         while latest_checkpoint(run_dir / "checkpoints") is None and proc.poll() is None \
@@ -177,7 +177,7 @@ def test_atft_train_cli_killed_then_resumed_then_evaluated(tmp_path):
             proc.wait(timeout=30)
     killed_at = latest_checkpoint(run_dir / "checkpoints")
     assert killed_at is not None and not (run_dir / "metrics.json").exists()
-    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
     assert out["resumed_from"] == str(killed_at)
