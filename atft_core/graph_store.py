@@ -10,8 +10,8 @@ Decisions:
 
 * **Key = a hash of exactly what the graph is computed from**: blake2b over the returns and
   sector bytes (dtype and shape included), the graph settings, the source of
-  ``atft_core/graph.py`` and the torch version. Changing any input, a setting or the graph code is a different key, so
-  a stale graph is never read; nothing has to be invalidated by hand.
+  ``atft_core/graph.py`` and the torch version. Changing any input, a setting or the graph code
+  is a different key, so a stale graph is never read; nothing has to be invalidated by hand.
 * **Format**: one ``<key>.graph`` file per day: a magic, (N, E, destination width), the edges as
   a per-source row pointer (N + 1) int32 and destinations int16 (int32 beyond 32,767 stocks),
   rho float32, and a CRC32 of all of it (checked on read). The same-sector flag is recomputed from
