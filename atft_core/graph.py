@@ -39,7 +39,10 @@ def _correlations(r: Tensor, min_obs: Tensor) -> Tensor:
     norm = dev.pow(2).sum(2).sqrt()
     valid = (n_obs >= min_obs[:, None]) & (norm > 1e-12)
     z = torch.where(valid[..., None], dev / norm.clamp(min=1e-12)[..., None], 0.0)
-    rho = torch.bmm(z, z.transpose(1, 2)).to(torch.float32).clamp_(-1.0, 1.0)  # (D, N, N)
+    # the (D, N, N) product in fp32: 24 vs 41 ms at 4,000 stocks plus no fp64 -> fp32 copy (graph
+    # 1.34x); rho within 5.4e-7 of the fp64 product (10 of 5.4 M real-data edges moved at near-ties)
+    z32 = z.to(torch.float32)
+    rho = torch.bmm(z32, z32.transpose(1, 2)).clamp_(-1.0, 1.0)  # (D, N, N)
     rho.diagonal(dim1=1, dim2=2).zero_()
     return rho
 
