@@ -23,7 +23,9 @@ Decisions:
 * **Graphs** are built per day from ``panel.returns`` over the trailing ``cfg.graph.corr_window``
   days ending at t (inclusive) for that day's cross-section, and cached on the panel
   (``panel.graph_cache``; first use builds, later epochs and other loaders reuse). Memory: about
-  16 bytes per edge (int32 pair + two float32), ~1.5 MB per day at 4,000 stocks.
+  16 bytes per edge (int32 pair + two float32), ~1.5 MB per day at 4,000 stocks. With
+  ``panel.graph_store`` (:mod:`atft_core.graph_store`) a day another process or run built is
+  read from disk instead, and each newly built day is stored there.
 """
 
 from __future__ import annotations
