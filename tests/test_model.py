@@ -201,3 +201,32 @@ def test_quantile_heads_have_their_own_outputs():
     model, batch = _model(cfg=cfg), make_batch()
     point, q = model.forward_with_quantiles(batch.x, batch.edge_index, batch.edge_attr)
     assert point.shape == (batch.num_stock_days, 4) and q.shape == (batch.num_stock_days, 4, 3)
+
+
+@pytest.mark.parametrize("d", [8, 25, 32])
+def test_grn_layernorm_matches_torch_layernorm(d):
+    """The GRN's LayerNorm (gain/shift split out on CPU at narrow widths) is nn.LayerNorm: same
+    state dict, bit-identical forward, gradients equal within rounding, same dtype under autocast."""
+    from atft_core.model.grn import LayerNorm
+
+    torch.manual_seed(d)
+    ref, ours = torch.nn.LayerNorm(d), LayerNorm(d)
+    with torch.no_grad():
+        ref.weight.normal_()
+        ref.bias.normal_()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 40, d) * 3 + 1
+    grad = torch.randn(3, 40, d)
+    outs = []
+    for m in (ref, ours):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        y.backward(grad)
+        outs.append((y.detach(), xi.grad, m.weight.grad, m.bias.grad))
+    assert torch.equal(outs[0][0], outs[1][0])
+    split = type(ours(x).grad_fn).__name__ == "AddcmulBackward0"
+    assert split == (d in (8, 25))  # the split path ran where it is meant to, the fused one elsewhere
+    for a, b in zip(outs[0][1:], outs[1][1:]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(x.bfloat16()).dtype == ref(x.bfloat16()).dtype
