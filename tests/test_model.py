@@ -230,3 +230,22 @@ def test_grn_layernorm_matches_torch_layernorm(d):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert ours(x.bfloat16()).dtype == ref(x.bfloat16()).dtype
+
+
+@pytest.mark.parametrize("d_in,d_out", [(8, 8), (64, 25), (64, 64)])
+def test_glu_matches_fused_glu(d_in, d_out):
+    """GLU (two half matmuls on CPU below 64 wide) == F.glu(Linear(x)): values and gradients."""
+    from atft_core.model.grn import GLU
+
+    torch.manual_seed(d_out)
+    glu = GLU(d_in, d_out)
+    x = torch.randn(5, 30, d_in, requires_grad=True)
+    y = glu(x)
+    ref = torch.nn.functional.glu(glu.proj(x), dim=-1)
+    torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-6)
+    assert (type(y.grad_fn).__name__ == "MulBackward0") == (d_out < 64)  # which path ran
+    grad = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, glu.proj.weight, glu.proj.bias], grad)
+    want = torch.autograd.grad(ref, [x, glu.proj.weight, glu.proj.bias], grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

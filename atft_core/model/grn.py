@@ -45,7 +45,14 @@ class GLU(nn.Module):
         self.proj = nn.Linear(d_in, 2 * d_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.glu(self.proj(x), dim=-1)  # a * sigmoid(b), one fused kernel (fwd and bwd)
+        d = self.proj.out_features // 2
+        if x.device.type != "cpu" or d >= 64:
+            return F.glu(self.proj(x), dim=-1)  # a * sigmoid(b), one fused kernel (fwd and bwd)
+        # narrow on the CPU: the two halves as two matmuls (contiguous outputs, same parameters);
+        # PyTorch's fused glu backward is slow there: (1 M, 8) 80 -> 46 ms, (1 M, 32) 288 -> 195 ms
+        # forward+backward with the projection; at 256 wide the fused one is 4-6% faster (issue 15)
+        w, b = self.proj.weight, self.proj.bias
+        return F.linear(x, w[:d], b[:d]) * torch.sigmoid(F.linear(x, w[d:], b[d:]))
 
 
 class GRN(nn.Module):
