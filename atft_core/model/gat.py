@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
 
+from atft_core.model.grn import LayerNorm
+
 
 class GraphFusion(nn.Module):
     """``z = h + g * gat(u)`` with ``g = sigmoid(W [h, gat(u)])`` and a stack of GATv2Conv layers.
@@ -43,7 +45,7 @@ class GraphFusion(nn.Module):
                       edge_dim=edge_dim, add_self_loops=True, fill_value="mean")
             for _ in range(n_layers)
         )
-        self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(n_layers))
+        self.norms = nn.ModuleList(LayerNorm(d_model) for _ in range(n_layers))
         self.gate = nn.Linear(2 * d_model, d_model)
         self.dropout = nn.Dropout(dropout)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from atft_core.model.grn import GLU, GRN
+from atft_core.model.grn import GLU, GRN, LayerNorm
 
 
 class TemporalFusion(nn.Module):
@@ -35,10 +35,10 @@ class TemporalFusion(nn.Module):
         self.lstm = nn.LSTM(d_model, d_model, num_layers=lstm_layers, batch_first=True,
                             dropout=dropout if lstm_layers > 1 else 0.0)
         self.lstm_gate = GLU(d_model, d_model)
-        self.lstm_norm = nn.LayerNorm(d_model)
+        self.lstm_norm = LayerNorm(d_model)
         self.attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.attn_gate = GLU(d_model, d_model)
-        self.attn_norm = nn.LayerNorm(d_model)
+        self.attn_norm = LayerNorm(d_model)
         self.ffn = GRN(d_model, ffn_mult * d_model, d_model, dropout)
         self.dropout = nn.Dropout(dropout)
         self.use_attention = True
