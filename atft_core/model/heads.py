@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from atft_core.model.grn import Dropout
+
 
 class HorizonHeads(nn.Module):
     """Per horizon an MLP ``H -> H -> 1 + Q`` (point forecast, then Q quantiles).
@@ -25,7 +27,7 @@ class HorizonHeads(nn.Module):
         self.n_quantiles = n_quantiles
         self.hidden = nn.ModuleList(nn.Linear(d_model, d_model) for _ in range(n_horizons))
         self.out = nn.ModuleList(nn.Linear(d_model, 1 + n_quantiles) for _ in range(n_horizons))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         outs = [o(self.dropout(F.gelu(hid(z)))) for hid, o in zip(self.hidden, self.out)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from atft_core.model.grn import GLU, GRN, LayerNorm
+from atft_core.model.grn import GLU, GRN, Dropout, LayerNorm
 
 
 class TemporalFusion(nn.Module):
@@ -40,7 +40,7 @@ class TemporalFusion(nn.Module):
         self.attn_gate = GLU(d_model, d_model)
         self.attn_norm = LayerNorm(d_model)
         self.ffn = GRN(d_model, ffn_mult * d_model, d_model, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.use_attention = True
 
     def forward(self, v: Tensor, last_only: bool = True) -> Tensor:

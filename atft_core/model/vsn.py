@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from atft_core.model.grn import GRN
+from atft_core.model.grn import GRN, cpu_fp32, keep_mask
 
 
 class VariableSelection(nn.Module):
@@ -81,8 +81,12 @@ class VariableSelection(nn.Module):
         h = g.fc2(F.elu(torch.addcmul(b, xe, a)))  # (N, L, F, d_e)
         p = g.dropout.p
         if self.training and p > 0:  # one mask per window, shared over its L steps (see above)
-            keep = h.new_empty(h.shape[0], 1, *h.shape[2:]).bernoulli_(1 - p).div_(1 - p)
-            h = h * keep
+            shape = (h.shape[0], 1, *h.shape[2:])
+            if cpu_fp32(h):  # the faster mask of grn.Dropout
+                keep, scale = keep_mask(shape, p, h.device)
+                h = torch.where(keep, h, 0.0) * scale
+            else:
+                h = h * h.new_empty(shape).bernoulli_(1 - p).div_(1 - p)
         return g.norm(emb + g.gate(h))  # skip is the identity (d_in == d_out)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
