@@ -158,7 +158,7 @@ def _run(args) -> int:
     peak = {p: _matmul_flops_per_s(dtypes[p]) for p in dict.fromkeys([*precisions, "fp32", "bf16"])}
     for p, v in peak.items():
         print(f"machine matmul 2048^3 (best of 10) {p}: {v / 1e9:.1f} GFLOP/s")
-    if "bf16" not in precisions:
+    if not args.precisions and not native_bf16:
         print(f"bf16 autocast skipped: CPU capability {torch.backends.cpu.get_cpu_capability()} has no "
               "native bf16 (emulated bf16 matmul above); force it with --precisions fp32,bf16")
     settings = [("all on", Blocks()), ("no GAT", Blocks(gat=False)),
