@@ -133,3 +133,18 @@ def test_dropout_eval_identity_training_mask_and_fallbacks():
     got = Dropout(0.3).train()(xb)
     torch.manual_seed(1)
     torch.testing.assert_close(got, torch.nn.functional.dropout(xb, 0.3, True))
+
+
+def test_csr_path_is_reproducible_in_training():
+    """Same seed, same output and gradient, bit for bit (resume and DDP equivalence rely on it)."""
+    torch.manual_seed(0)
+    fusion = GraphFusion(32, 4, 2, 2, dropout=0.1, n_inputs=5).train()
+    ei, ea = random_graph(300, 3000, seed=2)
+    h, x_last = torch.randn(300, 32, requires_grad=True), torch.randn(300, 5)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        y = fusion(h, ei, ea, x_last)
+        runs.append((y, *torch.autograd.grad(y.square().sum(), [h, *fusion.parameters()])))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
