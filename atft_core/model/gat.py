@@ -23,8 +23,8 @@ class GraphFusion(nn.Module):
     Edges never cross days (the batch is the block-diagonal union of its day graphs), so one call
     serves all K days. Edge features are ``[rho, same_sector]``. Heads are averaged (``concat=False``)
     so every head works at the full width H. For fp32 on the CPU (no autocast) the layers run in
-CSR form (:class:`SparseGATv2Conv`, same parameters, results equal to fp32 rounding; measured
-faster there), elsewhere as PyG's ``GATv2Conv``.
+    CSR form (:class:`SparseGATv2Conv`, same parameters, results equal to fp32 rounding; measured
+    faster there), elsewhere as PyG's ``GATv2Conv``.
 
     Args:
         d_model: hidden size H.

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 
 def cpu_fp32(x: Tensor) -> bool:
-    """fp32 on the CPU outside autocast: where the split LayerNorm / GLU paths below were measured."""
+    """fp32 on the CPU outside autocast: where the CPU paths of this package (split LayerNorm / GLU,
+    15-bit dropout mask, CSR GAT) were measured faster; elsewhere the stock kernels run."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
@@ -34,6 +35,13 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cp
     return keep, _MASK_LEVELS / (_MASK_LEVELS - cut)
 
 
+def masked_dropout(x: Tensor, p: float, mask_shape: tuple[int, ...] | None = None) -> Tensor:
+    """``x`` with a :func:`keep_mask` applied and rescaled; ``mask_shape`` (default ``x.shape``) may
+    broadcast, e.g. one mask shared over a window's steps."""
+    keep, scale = keep_mask(tuple(x.shape) if mask_shape is None else mask_shape, p, x.device)
+    return torch.where(keep, x, 0.0) * scale
+
+
 class Dropout(nn.Dropout):
     """``nn.Dropout`` whose mask comes from :func:`keep_mask` for fp32 on the CPU in training
     (elsewhere, and in place, ``nn.Dropout`` itself).
@@ -45,8 +53,7 @@ class Dropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and cpu_fp32(x)) or self.inplace or not 0 < round(self.p * _MASK_LEVELS) < _MASK_LEVELS:
             return super().forward(x)
-        keep, scale = keep_mask(tuple(x.shape), self.p, x.device)
-        return torch.where(keep, x, 0.0) * scale
+        return masked_dropout(x, self.p)
 
 
 class LayerNorm(nn.LayerNorm):

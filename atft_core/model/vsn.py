@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from atft_core.model.grn import GRN, cpu_fp32, keep_mask
+from atft_core.model.grn import GRN, cpu_fp32, masked_dropout
 
 
 class VariableSelection(nn.Module):
@@ -83,8 +83,7 @@ class VariableSelection(nn.Module):
         if self.training and p > 0:  # one mask per window, shared over its L steps (see above)
             shape = (h.shape[0], 1, *h.shape[2:])
             if cpu_fp32(h):  # the faster mask of grn.Dropout
-                keep, scale = keep_mask(shape, p, h.device)
-                h = torch.where(keep, h, 0.0) * scale
+                h = masked_dropout(h, p, shape)
             else:
                 h = h * h.new_empty(shape).bernoulli_(1 - p).div_(1 - p)
         return g.norm(emb + g.gate(h))  # skip is the identity (d_in == d_out)
