@@ -249,3 +249,47 @@ def test_glu_matches_fused_glu(d_in, d_out):
     want = torch.autograd.grad(ref, [x, glu.proj.weight, glu.proj.bias], grad)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_lstm_layer_by_layer_equals_single_layers_with_the_same_mask():
+    """temporal.LSTM (training, fp32, CPU): the layers run one by one with a 15-bit keep mask
+    between them; equal, bit for bit, to single-layer nn.LSTMs with that mask drawn from the same
+    seed (outputs, final states, gradients); same state dict as nn.LSTM; eval = nn.LSTM."""
+    from torch import nn
+
+    from atft_core.model.grn import keep_mask
+    from atft_core.model.temporal import LSTM
+
+    torch.manual_seed(0)
+    n, steps, h, p = 40, 7, 24, 0.3
+    ours = LSTM(16, h, num_layers=3, batch_first=True, dropout=p)
+    ref = nn.LSTM(16, h, num_layers=3, batch_first=True, dropout=p)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    ref.load_state_dict(ours.state_dict())
+    singles = [nn.LSTM(16 if i == 0 else h, h, batch_first=True) for i in range(3)]
+    for i, layer in enumerate(singles):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(layer, f"{name}_l0").data.copy_(getattr(ours, f"{name}_l{i}").data)
+    x = torch.randn(n, steps, 16)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.manual_seed(5)
+    out, (h_n, c_n) = ours.train()(x1)
+    torch.manual_seed(5)
+    y, hs, cs = x2, [], []
+    for i, layer in enumerate(singles):
+        if i:
+            keep, scale = keep_mask((steps, n, h), p)  # drawn seq-first, as the layer loop does
+            y = torch.where(keep.transpose(0, 1), y, 0.0) * scale
+        y, (a, b) = layer(y)
+        hs.append(a)
+        cs.append(b)
+    assert out.shape == (n, steps, h)
+    assert torch.equal(out, y) and torch.equal(h_n, torch.cat(hs)) and torch.equal(c_n, torch.cat(cs))
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    (y * g).sum().backward()
+    assert torch.equal(x1.grad, x2.grad)
+    assert torch.equal(ours.weight_hh_l2.grad, singles[2].weight_hh_l0.grad)
+    assert torch.equal(ours.weight_ih_l1.grad, singles[1].weight_ih_l0.grad)
+    ours.eval(), ref.eval()
+    assert torch.equal(ours(x)[0], ref(x)[0])
