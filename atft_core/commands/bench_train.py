@@ -2,7 +2,9 @@
 DayBatchLoader path vs a naive per-sample ``torch.utils.data.Dataset`` (one stock-day per
 ``__getitem__``, collated into day batches, day graphs rebuilt per batch) over the same model,
 loss and optimizer. Prints both figures and their ratio, and the loader reading its day graphs from
-a graph store (atft_core.graph_store: what a later process, e.g. the next night, does); asserts nothing.
+a graph store (atft_core.graph_store: what a later process, e.g. the next night, does), and the
+cold per-day cost split into graph build and the rest for both loaders (they share the graph
+builder, which bounds their ratio); asserts nothing.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def _run(args) -> int:
     import torch
 
     from atft_core.config import load_config
-    from atft_core.dataset import DayBatchLoader, make_splits
+    from atft_core.dataset import DayBatchLoader, day_graph, make_splits
     from atft_core.graph_store import GraphStore
     from atft_core.heap import heap_mode
     from atft_core.losses import compute_loss
@@ -131,13 +133,32 @@ def _run(args) -> int:
         share = times.data_wait_s / max(times.data_wait_s + times.compute_s, 1e-12)
         return rows / (time.perf_counter() - t0), rows, share
 
-    def load_only(loader, n: int) -> float:
-        rows, t0 = 0, time.perf_counter()
+    def load_only(loader, n: int, per_day: list | None = None) -> float:
+        """stock-days/s of loading n batches; appends ms per day to ``per_day`` if given."""
+        rows, days, t0 = 0, 0, time.perf_counter()
         for i, batch in enumerate(loader):
             rows += batch.num_stock_days
+            days += len(batch.dates)
             if i + 1 >= n:
                 break
-        return rows / (time.perf_counter() - t0)
+        sec = time.perf_counter() - t0
+        if per_day is not None:
+            per_day.append(1e3 * sec / days)
+        return rows / sec
+
+    def graph_ms_per_day(t_days: list[int]) -> tuple[float, float]:
+        """The graph build alone for these days: batched as the DayBatchLoader's first pass builds
+        them, and one day at a time as the naive loader's collate does (ms per day)."""
+        loader = DayBatchLoader(panel, dates, cfg, shuffle=False, cache_graphs=False)
+        k = cfg.dataset.days_per_batch
+        t0 = time.perf_counter()
+        for i in range(0, len(t_days), k):
+            loader._build_graphs(t_days[i:i + k])
+        batched = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for t in t_days:
+            day_graph(panel, loader.stocks_of(t), t, cfg.graph)
+        return 1e3 * batched / len(t_days), 1e3 * (time.perf_counter() - t0) / len(t_days)
 
     # warm-up, untimed and uncached: the first steps of a process pay one-time costs (thread
     # pools, oneDNN primitives) that would otherwise be charged to whichever path runs first
@@ -148,9 +169,12 @@ def _run(args) -> int:
     naive, n2, wait_naive = measure(naive_loader(panel, dates, cfg), args.batches)
     n_load = 4 * args.batches
     panel.graph_cache.clear()  # cold: the timed steps above cached their days' graphs
-    load_ours = load_only(DayBatchLoader(panel, dates, cfg, shuffle=False), n_load)
+    ms_day: list[float] = []  # cold ms per day: ours, naive
+    load_ours = load_only(DayBatchLoader(panel, dates, cfg, shuffle=False), n_load, ms_day)
     load_warm = load_only(DayBatchLoader(panel, dates, cfg, shuffle=False), n_load)  # graphs now cached
-    load_naive = load_only(naive_loader(panel, dates, cfg), n_load)
+    load_naive = load_only(naive_loader(panel, dates, cfg), n_load, ms_day)
+    first_days = [int(t) for t in DayBatchLoader(panel, dates, cfg).t_index[: n_load * cfg.dataset.days_per_batch]]
+    g_ours, g_naive = graph_ms_per_day(first_days)
     with tempfile.TemporaryDirectory() as tmp:  # a later process: graphs on disk, none in memory
         load_only(DayBatchLoader(dataclasses.replace(panel, graph_cache={}, graph_store=GraphStore(tmp)),
                                  dates, cfg, shuffle=False), n_load)
@@ -168,6 +192,11 @@ def _run(args) -> int:
     print(f"  ratio (ours first pass / naive) = {ours_cold / naive:.2f}x; cached / naive = {ours_warm / naive:.2f}x")
     print(f"  data loading only ({n_load} batches, cold): DayBatchLoader {load_ours:.0f} vs naive "
           f"{load_naive:.0f} stock-days/s = {load_ours / load_naive:.2f}x")
+    rest_ours, rest_naive = ms_day[0] - g_ours, ms_day[1] - g_naive
+    print(f"  cold, per day: DayBatchLoader {ms_day[0]:.2f} ms = graph build {g_ours:.2f} + the rest "
+          f"{rest_ours:.2f}; naive {ms_day[1]:.2f} ms = graph build {g_naive:.2f} + the rest {rest_naive:.2f}")
+    print(f"    (both build graphs with graph.build_day_graphs, ours {cfg.dataset.days_per_batch} days a pass: "
+          f"with free graphs the ratio would be at most {rest_naive / max(rest_ours, 1e-9):.1f}x)")
     print(f"  data loading only, day graphs cached (epochs after the first): {load_warm:.0f} stock-days/s "
           f"= {load_warm / load_naive:.2f}x the naive loader (which rebuilds them every batch)")
     print(f"  data loading only, day graphs read from the graph store (a new process, e.g. the next "
