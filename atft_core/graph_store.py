@@ -138,8 +138,9 @@ class GraphStore:
         # assembled in numpy, one tensor per output: small torch ops cost ~5-30 us each (issue 15)
         src = np.repeat(np.arange(len(sectors), dtype=np.int64), np.diff(ptr))
         dst64 = dst.astype(np.int64)
-        sec = sectors.numpy()[src]
-        same = (sec == sectors.numpy()[dst64]) & (sec >= 0)
+        sec_all = sectors.numpy()
+        sec = sec_all[src]
+        same = (sec == sec_all[dst64]) & (sec >= 0)
         attr = np.empty((len(dst64), 2), dtype=np.float32)
         attr[:, 0], attr[:, 1] = rho, same
         return torch.from_numpy(np.stack([src, dst64])), torch.from_numpy(attr)

@@ -35,6 +35,13 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cp
     return keep, _MASK_LEVELS / (_MASK_LEVELS - cut)
 
 
+def keep_mask_applies(x: Tensor, p: float) -> bool:
+    """Whether dropout of rate ``p`` on ``x`` takes the :func:`keep_mask` path: fp32 on the CPU
+    (:func:`cpu_fp32`) and a rate that 1/32768 steps can express (not 0, not 1); the one rule for
+    every dropout of the model (``Dropout``, the VSN's shared mask, the stacked LSTM)."""
+    return cpu_fp32(x) and 0 < round(p * _MASK_LEVELS) < _MASK_LEVELS
+
+
 def masked_dropout(x: Tensor, p: float, mask_shape: tuple[int, ...] | None = None) -> Tensor:
     """``x`` with a :func:`keep_mask` applied and rescaled; ``mask_shape`` (default ``x.shape``) may
     broadcast, e.g. one mask shared over a window's steps."""
@@ -51,7 +58,7 @@ class Dropout(nn.Dropout):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and cpu_fp32(x)) or self.inplace or not 0 < round(self.p * _MASK_LEVELS) < _MASK_LEVELS:
+        if not self.training or self.inplace or not keep_mask_applies(x, self.p):
             return super().forward(x)
         return masked_dropout(x, self.p)
 

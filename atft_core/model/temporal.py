@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from atft_core.model.grn import GLU, GRN, Dropout, LayerNorm, cpu_fp32, masked_dropout
+from atft_core.model.grn import GLU, GRN, Dropout, LayerNorm, keep_mask_applies, masked_dropout
 
 
 class LSTM(nn.LSTM):
@@ -24,9 +24,9 @@ class LSTM(nn.LSTM):
     """
 
     def forward(self, x: Tensor, hx=None):  # type: ignore[override]
-        stock = (hx is not None or not isinstance(x, Tensor) or not (self.training and cpu_fp32(x))
-                 or self.num_layers < 2 or not self.dropout or self.bidirectional or self.proj_size
-                 or not self.batch_first or x.dim() != 3)
+        stock = (hx is not None or not isinstance(x, Tensor) or not self.training
+                 or not keep_mask_applies(x, self.dropout) or self.num_layers < 2 or self.bidirectional
+                 or self.proj_size or not self.batch_first or x.dim() != 3)
         if stock:
             return super().forward(x, hx)
         h = x.transpose(0, 1)  # (L, N, H_in) seq-first: one transpose in, one out

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from atft_core.model.grn import GRN, cpu_fp32, masked_dropout
+from atft_core.model.grn import GRN, keep_mask_applies, masked_dropout
 
 
 class VariableSelection(nn.Module):
@@ -82,7 +82,7 @@ class VariableSelection(nn.Module):
         p = g.dropout.p
         if self.training and p > 0:  # one mask per window, shared over its L steps (see above)
             shape = (h.shape[0], 1, *h.shape[2:])
-            if cpu_fp32(h):  # the faster mask of grn.Dropout
+            if keep_mask_applies(h, p):  # the faster mask of grn.Dropout
                 h = masked_dropout(h, p, shape)
             else:
                 h = h * h.new_empty(shape).bernoulli_(1 - p).div_(1 - p)
